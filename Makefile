@@ -1,0 +1,35 @@
+# Every target sets itself up: a fresh clone needs nothing but python3.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL := 2
+export KERAS_BACKEND ?= tensorflow
+
+.PHONY: test parity lint demo bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# The CI suite: every registered name at test size, parity against live timm.
+test: $(STAMP)
+	$(VENV)/bin/ruff format --check keras_vit tests examples
+	$(VENV)/bin/ruff check keras_vit tests examples
+	$(PY) -m pytest -q
+
+# Full-size parity for every variant (tens of minutes on 2 cores).
+parity: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_vit_parity.py
+
+bench: $(STAMP)
+	$(PY) examples/benchmark_cpu.py
+
+demo: $(STAMP)
+	@echo "make demo arrives with the training issue (#7): it will distil a DeiT student"
+	@echo "from a convnet teacher on the offline digits data set and serve it."
+
+clean:
+	rm -rf $(VENV) build *.egg-info

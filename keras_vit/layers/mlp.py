@@ -1,0 +1,57 @@
+import keras
+
+from keras_vit.layers._validation import positive_int, rate
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class Mlp(keras.layers.Layer):
+    """`fc1` -> activation -> dropout -> `fc2` -> dropout (timm's `Mlp`).
+
+    The default activation is the exact (erf) GELU, as `torch.nn.GELU()`.
+    """
+
+    def __init__(self, hidden_dim, out_dim=None, activation="gelu", drop=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = positive_int("hidden_dim", hidden_dim)
+        self.out_dim = None if out_dim is None else positive_int("out_dim", out_dim)
+        self.activation = activation
+        self.drop = rate("drop", drop)
+        self._act = _activation(activation)
+        self.fc1 = keras.layers.Dense(hidden_dim, name="fc1", dtype=self.dtype_policy)
+        self.fc2 = None  # width known at build
+        self.dropout = keras.layers.Dropout(self.drop, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        out_dim = self.out_dim or input_shape[-1]
+        self.fc2 = keras.layers.Dense(out_dim, name="fc2", dtype=self.dtype_policy)
+        self.fc1.build(input_shape)
+        self.fc2.build(input_shape[:-1] + (self.hidden_dim,))
+
+    def call(self, x, training=None):
+        x = self.dropout(self._act(self.fc1(x)), training=training)
+        return self.dropout(self.fc2(x), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:-1] + (self.out_dim or input_shape[-1],)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_dim": self.hidden_dim,
+            "out_dim": self.out_dim,
+            "activation": self.activation,
+            "drop": self.drop,
+        }
+
+
+def _activation(name):
+    """timm's activations by name; GELU is exact (erf), as PyTorch's default."""
+    if name == "gelu":
+        return lambda x: keras.activations.gelu(x, approximate=False)
+    if name == "gelu_tanh":
+        return lambda x: keras.activations.gelu(x, approximate=True)
+    if name in ("silu", "swish"):
+        return keras.activations.silu
+    if name == "relu":
+        return keras.activations.relu
+    raise ValueError(f"Unknown activation {name!r}; use 'gelu', 'gelu_tanh', 'silu' or 'relu'.")

@@ -1,0 +1,95 @@
+import keras
+
+from keras_vit.layers._validation import positive_int, rate
+from keras_vit.layers.attention import MultiHeadSelfAttention
+from keras_vit.layers.drop_path import DropPath
+from keras_vit.layers.layer_scale import LayerScale
+from keras_vit.layers.mlp import Mlp
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class TransformerBlock(keras.layers.Layer):
+    """Pre-norm transformer block (timm's `Block`), `(B, N, D)` -> `(B, N, D)`:
+
+        x = x + drop_path(ls1(attn(norm1(x))))
+        x = x + drop_path(ls2(mlp(norm2(x))))
+
+    Layer scale (`ls1`, `ls2`) exists only when `init_values` is set, as in timm.
+    """
+
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        proj_drop=0.0,
+        attn_drop=0.0,
+        drop_path=0.0,
+        init_values=None,
+        norm_epsilon=1e-6,
+        activation="gelu",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.dim = positive_int("dim", dim)
+        self.num_heads = positive_int("num_heads", num_heads)
+        if not mlp_ratio > 0:
+            raise ValueError(f"`mlp_ratio` must be positive, got {mlp_ratio!r}.")
+        self.mlp_ratio = float(mlp_ratio)
+        self.qkv_bias = qkv_bias
+        self.proj_drop = rate("proj_drop", proj_drop)
+        self.attn_drop = rate("attn_drop", attn_drop)
+        self.drop_path = rate("drop_path", drop_path)
+        self.init_values = init_values
+        self.norm_epsilon = float(norm_epsilon)
+        self.activation = activation
+        policy = self.dtype_policy
+        self.norm1 = keras.layers.LayerNormalization(epsilon=norm_epsilon, name="norm1", dtype=policy)
+        self.attn = MultiHeadSelfAttention(
+            dim, num_heads, qkv_bias, attn_drop, proj_drop, name="attn", dtype=policy
+        )
+        self.norm2 = keras.layers.LayerNormalization(epsilon=norm_epsilon, name="norm2", dtype=policy)
+        self.mlp = Mlp(
+            int(dim * mlp_ratio), activation=activation, drop=proj_drop, name="mlp", dtype=policy
+        )
+        scaled = init_values is not None
+        self.ls1 = LayerScale(init_values, name="ls1", dtype=policy) if scaled else None
+        self.ls2 = LayerScale(init_values, name="ls2", dtype=policy) if scaled else None
+        self.drop_path1 = DropPath(drop_path, name="drop_path1", dtype=policy)
+        self.drop_path2 = DropPath(drop_path, name="drop_path2", dtype=policy)
+
+    def build(self, input_shape):
+        for layer in (self.norm1, self.attn, self.norm2, self.mlp, self.ls1, self.ls2):
+            if layer is not None:
+                layer.build(input_shape)
+
+    def call(self, x, training=None, return_attention_scores=False):
+        y = self.attn(self.norm1(x), training=training, return_attention_scores=return_attention_scores)
+        y, attn = y if return_attention_scores else (y, None)
+        if self.ls1 is not None:
+            y = self.ls1(y)
+        x = x + self.drop_path1(y, training=training)
+        y = self.mlp(self.norm2(x), training=training)
+        if self.ls2 is not None:
+            y = self.ls2(y)
+        x = x + self.drop_path2(y, training=training)
+        return (x, attn) if return_attention_scores else x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "qkv_bias": self.qkv_bias,
+            "proj_drop": self.proj_drop,
+            "attn_drop": self.attn_drop,
+            "drop_path": self.drop_path,
+            "init_values": self.init_values,
+            "norm_epsilon": self.norm_epsilon,
+            "activation": self.activation,
+        }

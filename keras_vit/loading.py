@@ -1,0 +1,134 @@
+"""Loading weights into a built model: read -> adapt -> map and check everything -> assign.
+
+All or nothing: every tensor is mapped, shape-checked and checked for NaN/Inf before the
+first assignment, so a failure leaves the model exactly as it was. Weights never come
+through pickle.
+"""
+
+import logging
+import os
+
+import numpy as np
+
+from keras_vit.convert.timm import IGNORED_KEY_SUFFIXES, timm_entries, to_keras_layout
+
+logger = logging.getLogger("keras_vit")
+
+
+def read_state_dict(path):
+    """A checkpoint file -> {timm key: numpy array}. Only pickle-free formats are read here."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Weights file {path!r} does not exist.")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"Cannot read safetensors file {path!r}: {err}") from err
+    if path.endswith((".pth", ".pt", ".bin", ".ckpt", ".pkl")):
+        raise ValueError(
+            f"{path!r} is a pickle-based checkpoint; keras_vit does not unpickle. "
+            "Convert it to .safetensors."
+        )
+    raise ValueError(
+        f"Unknown weights format for {path!r}: expected a timm state_dict as .safetensors "
+        "or Keras .weights.h5."
+    )
+
+
+def plan_assignments(model, state_dict, source="checkpoint", reset_head=False):
+    """Check the whole `state_dict` against `model`; return [(variable, value)] or raise.
+
+    With `reset_head`, classifier tensors whose shapes differ (another `num_classes`) or that
+    the model lacks (`num_classes=0`) are left out, and the head keeps its fresh init.
+    """
+    if hasattr(model, "adapt_checkpoint"):
+        state_dict = model.adapt_checkpoint(state_dict)
+    head_keys = set(getattr(model, "head_keys", ()))
+    plan, problems, used, skipped_head = [], [], set(), []
+    for key, variable, perm in timm_entries(model):
+        if key not in state_dict:
+            if reset_head and key in head_keys:
+                skipped_head.append(key)
+                continue
+            problems.append(f"missing tensor {key!r} (for {variable.path})")
+            continue
+        used.add(key)
+        value = to_keras_layout(np.asarray(state_dict[key]), perm)
+        if tuple(value.shape) != tuple(variable.shape):
+            if reset_head and key in head_keys:
+                skipped_head.append(key)
+                continue
+            problems.append(
+                f"tensor {key!r} has shape {tuple(value.shape)} (Keras layout) but "
+                f"{variable.path} needs {tuple(variable.shape)}"
+            )
+            continue
+        if not np.issubdtype(value.dtype, np.floating):
+            problems.append(f"tensor {key!r} has non-float dtype {value.dtype}")
+            continue
+        if not np.all(np.isfinite(value)):
+            problems.append(f"tensor {key!r} contains NaN or Inf")
+            continue
+        plan.append((variable, value))
+    unexpected = [
+        k
+        for k in state_dict
+        if k not in used
+        and not k.endswith(IGNORED_KEY_SUFFIXES)
+        and not (reset_head and k in head_keys)
+    ]
+    problems += [f"unexpected tensor {k!r} (not in this model)" for k in sorted(unexpected)]
+    if problems:
+        shown = "; ".join(problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise ValueError(
+            f"Weights from {source} do not fit {model.name}: {shown}{more}. Nothing was loaded."
+        )
+    if skipped_head or (reset_head and (head_keys & set(state_dict)) - used):
+        logger.info("%s: new classifier head (num_classes differs from %s).", model.name, source)
+    return plan
+
+
+def assign(plan):
+    for variable, value in plan:
+        variable.assign(value.astype(variable.dtype))
+
+
+def load_state_dict(model, state_dict, source="state_dict", reset_head=False):
+    """Load a timm-layout {key: array} into `model`, all or nothing."""
+    assign(plan_assignments(model, state_dict, source, reset_head))
+    return model
+
+
+def load_weights(model, source, reset_head=False):
+    """Load weights into an existing model, all or nothing.
+
+    `source`: a timm `state_dict` as `.safetensors`, a Keras `.weights.h5`, or a dict of
+    arrays in timm layout.
+    """
+    if isinstance(source, dict):
+        return load_state_dict(model, source, "the given state_dict", reset_head)
+    path = os.fspath(source)
+    if path.endswith(".weights.h5"):
+        return _load_keras_weights(model, path)
+    return load_state_dict(model, read_state_dict(path), repr(path), reset_head)
+
+
+def _load_keras_weights(model, path):
+    """Keras's own format, made all-or-nothing: load into a clone, then copy across."""
+    import keras
+
+    if not os.path.isfile(path):
+        raise ValueError(f"Weights file {path!r} does not exist.")
+    clone = model.__class__.from_config(model.get_config())
+    try:
+        clone.load_weights(path)
+    except Exception as err:  # Keras raises several types for a file that does not fit
+        raise ValueError(f"Weights in {path!r} do not fit {model.name}: {err}") from err
+    values = [keras.ops.convert_to_numpy(v) for v in clone.weights]
+    assign(list(zip(model.weights, values)))
+    return model
