@@ -83,7 +83,8 @@ def to_keras_layout(value, perm):
 
 
 def to_timm_layout(value, perm):
-    return value if perm is None else np.transpose(value, np.argsort(perm))
+    # contiguous: safetensors writes the raw buffer and would ignore a transposed view's strides
+    return value if perm is None else np.ascontiguousarray(np.transpose(value, np.argsort(perm)))
 
 
 def keras_to_timm_state_dict(model):

@@ -1,0 +1,1 @@
+"""CLI subcommands, one per module (see keras_vit/cli.py)."""

@@ -1,0 +1,111 @@
+"""One shared helper for every family's parity tests against timm.
+
+Parity on random weights only proves something when *every* parameter and buffer is
+randomised at a scale that keeps activations alive, and the inputs have structure: see
+DESIGN.md ("How correctness is shown").
+"""
+
+import math
+
+import numpy as np
+
+ATOL = 1e-4
+
+
+def randomize_timm_model(model, seed=0):
+    """Randomise every parameter and buffer of a timm model in place, at useful scales.
+
+    Linear/conv weights ~ N(0, 1/fan_in) (conv 1.3x), norm weights ~ 1 + N(0, 0.1^2), biases
+    and norm shifts ~ N(0, 0.1^2), BatchNorm running mean ~ N(0, 0.1^2), running var in
+    [0.5, 1.5], everything else (tokens, position embedding, layer scale) ~ N(0, 0.2^2).
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal(t, std, mean=0.0):
+        return mean + std * torch.randn(t.shape, generator=gen, dtype=t.dtype)
+
+    norm_types = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
+    with torch.no_grad():
+        done = set()
+        for module in model.modules():
+            params = dict(module.named_parameters(recurse=False))
+            buffers = dict(module.named_buffers(recurse=False))
+            if isinstance(module, norm_types):
+                for name, p in params.items():
+                    p.copy_(normal(p, 0.1, 1.0 if name == "weight" else 0.0))
+                if "running_mean" in buffers:
+                    buffers["running_mean"].copy_(normal(buffers["running_mean"], 0.1))
+                    var = buffers["running_var"]
+                    var.copy_(0.5 + torch.rand(var.shape, generator=gen, dtype=var.dtype))
+            elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                w = params["weight"]
+                fan_in = math.prod(w.shape[1:])
+                gain = 1.3 if isinstance(module, torch.nn.Conv2d) else 1.0
+                w.copy_(normal(w, gain / math.sqrt(fan_in)))
+                if params.get("bias") is not None:
+                    params["bias"].copy_(normal(params["bias"], 0.1))
+            else:
+                for p in params.values():
+                    p.copy_(normal(p, 0.2))
+            done.update(id(p) for p in params.values())
+        missed = [n for n, p in model.named_parameters() if id(p) not in done]
+        assert not missed, f"parameters left at their init: {missed}"
+    return model
+
+
+def structured_images(n, height, width, seed=0, channels=3):
+    """NCHW float32 images: a random low-frequency pattern plus a little noise, ~N(0, 1).
+
+    Smooth structure keeps the inputs distinguishable after many layers, where i.i.d. noise
+    averages out and every image gives almost the same logits.
+    """
+    rng = np.random.default_rng(seed)
+    coarse = rng.standard_normal((n, channels, 4, 4))
+    ys = np.linspace(0, 3, height)
+    xs = np.linspace(0, 3, width)
+    y0, x0 = np.floor(ys).astype(int).clip(0, 2), np.floor(xs).astype(int).clip(0, 2)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    c = coarse
+    img = (
+        c[:, :, y0][:, :, :, x0] * (1 - fy) * (1 - fx)
+        + c[:, :, y0 + 1][:, :, :, x0] * fy * (1 - fx)
+        + c[:, :, y0][:, :, :, x0 + 1] * (1 - fy) * fx
+        + c[:, :, y0 + 1][:, :, :, x0 + 1] * fy * fx
+    )
+    img = img + 0.1 * rng.standard_normal(img.shape)
+    return img.astype(np.float32)
+
+
+def nchw_to_nhwc(x):
+    return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
+
+
+def save_timm_safetensors(model, path):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def timm_forward(model, images_nchw):
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.from_numpy(images_nchw))
+    if isinstance(out, (tuple, list)):
+        return [o.numpy() for o in out]
+    return out.numpy()
+
+
+def assert_parity(ours, reference, atol=ATOL, discriminative=True):
+    """max |ours - reference| <= atol, and (if asked) the reference separates the images."""
+    ours, reference = np.asarray(ours), np.asarray(reference)
+    assert ours.shape == reference.shape, (ours.shape, reference.shape)
+    diff = float(np.max(np.abs(ours - reference)))
+    assert diff <= atol, f"max |diff| {diff:.3g} > {atol}"
+    if discriminative and reference.shape[0] > 1:
+        spread = float(np.max(np.abs(reference[0] - reference[1])))
+        assert spread > 0.05, f"test inputs give near-identical outputs (spread {spread:.3g})"
+    return diff

@@ -1,0 +1,108 @@
+"""Layer-level contracts: timm's resampling, drop path statistics, validation, shapes."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vit import layers
+
+torch = pytest.importorskip("torch")
+timm_layers = pytest.importorskip("timm.layers")
+
+
+@pytest.mark.parametrize(
+    "old,new,prefix",
+    [((14, 14), (24, 24), 1), ((24, 24), (12, 12), 1), ((14, 14), (10, 17), 2), ((7, 7), (9, 9), 0)],
+)
+@pytest.mark.parametrize("antialias", [True, False])
+def test_resample_abs_pos_embed_matches_timm(old, new, prefix, antialias):
+    rng = np.random.default_rng(0)
+    posemb = rng.standard_normal((1, prefix + old[0] * old[1], 16)).astype(np.float32)
+    expected = timm_layers.resample_abs_pos_embed(
+        torch.from_numpy(posemb), list(new), old_size=list(old), num_prefix_tokens=prefix,
+        antialias=antialias,
+    ).numpy()
+    ours = layers.resample_abs_pos_embed(posemb, new, old, prefix, antialias=antialias)
+    assert ours.shape == (1, prefix + new[0] * new[1], 16)
+    np.testing.assert_array_equal(ours[:, :prefix], posemb[:, :prefix])  # prefix kept out
+    assert np.max(np.abs(ours - expected)) < 1e-5
+
+
+def test_resample_rejects_bad_grids():
+    with pytest.raises(ValueError, match="not square"):
+        layers.resample_abs_pos_embed(np.zeros((1, 1 + 12, 4)), (4, 4))
+    with pytest.raises(ValueError, match=r"\(3, 5\)"):
+        layers.resample_abs_pos_embed(np.zeros((1, 1 + 16, 4)), (4, 4), old_size=(3, 5))
+
+
+def test_drop_path_keeps_expectation_and_drops_whole_samples():
+    rate, n = 0.3, 4000
+    layer = layers.DropPath(rate, seed=1)
+    x = np.ones((n, 5, 3), np.float32)
+    y = keras.ops.convert_to_numpy(layer(x, training=True))
+    per_sample = y.reshape(n, -1)
+    # every sample is either dropped entirely or kept and scaled by 1 / (1 - rate)
+    kept = np.all(np.isclose(per_sample, 1 / (1 - rate)), axis=1)
+    dropped = np.all(per_sample == 0, axis=1)
+    assert np.all(kept | dropped)
+    # drop fraction within 4 standard deviations of the binomial rate; mean preserved
+    sd = np.sqrt(rate * (1 - rate) / n)
+    assert abs(dropped.mean() - rate) < 4 * sd
+    assert abs(y.mean() - 1.0) < 4 * sd / (1 - rate)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+
+
+def test_attention_matches_explicit_softmax():
+    attn = layers.MultiHeadSelfAttention(32, 4)
+    x = np.random.default_rng(0).standard_normal((2, 9, 32)).astype(np.float32)
+    fused = keras.ops.convert_to_numpy(attn(x))
+    explicit, weights = attn(x, return_attention_scores=True)
+    np.testing.assert_allclose(fused, keras.ops.convert_to_numpy(explicit), atol=1e-5)
+    w = keras.ops.convert_to_numpy(weights)
+    assert w.shape == (2, 4, 9, 9)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: layers.MultiHeadSelfAttention(30, 4), "divisible"),
+        (lambda: layers.MultiHeadSelfAttention(32, 0), "num_heads"),
+        (lambda: layers.DropPath(1.5), "1.5"),
+        (lambda: layers.PatchEmbedding(-2, 8), "-2"),
+        (lambda: layers.Mlp(8, activation="nope"), "nope"),
+        (lambda: layers.ImageNormalization((0.5,), (0.5, 0.5)), "mean"),
+        (lambda: layers.LayerScale("x"), "init_values"),
+    ],
+)
+def test_bad_arguments_name_the_value(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_patch_embedding_rejects_non_multiple():
+    with pytest.raises(ValueError, match="not a multiple of the patch size 16"):
+        layers.PatchEmbedding(16, 8).build((None, 30, 32, 3))
+
+
+@pytest.mark.parametrize(
+    "layer,shape",
+    [
+        (layers.PatchEmbedding(4, 8), (2, 16, 12, 3)),
+        (layers.PrependToken(), (2, 5, 8)),
+        (layers.PositionEmbedding(), (2, 5, 8)),
+        (layers.MultiHeadSelfAttention(8, 2), (2, 5, 8)),
+        (layers.Mlp(16, out_dim=4), (2, 5, 8)),
+        (layers.LayerScale(0.1), (2, 5, 8)),
+        (layers.TransformerBlock(8, 2, init_values=0.1, drop_path=0.1), (2, 5, 8)),
+        (layers.ImageNormalization((0.5,) * 3, (0.25,) * 3), (2, 4, 4, 3)),
+    ],
+)
+def test_compute_output_shape_and_config_round_trip(layer, shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    y = keras.ops.convert_to_numpy(layer(x))
+    assert tuple(layer.compute_output_shape(shape)) == y.shape
+    clone = layer.__class__.from_config(layer.get_config())
+    clone(x)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(x)), y)

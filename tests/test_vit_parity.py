@@ -1,0 +1,170 @@
+"""ViT parity with timm: every registered variant, random weights, float32, max |diff| <= 1e-4.
+
+CI runs every variant at depth 2 (same widths, heads, patch and resolutions as the full
+model), plus the tiny and small variants at full depth; `make parity` runs all full-size.
+"""
+
+import re
+
+import numpy as np
+import pytest
+from helpers import (
+    assert_parity,
+    nchw_to_nhwc,
+    randomize_timm_model,
+    save_timm_safetensors,
+    structured_images,
+    timm_forward,
+)
+
+import keras_vit
+
+timm = pytest.importorskip("timm")
+torch = pytest.importorskip("torch")
+from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
+
+VIT_NAMES = keras_vit.list_models("vit_*")
+SMALL = [n for n in VIT_NAMES if re.match(r"vit_(tiny|small)_", n)]
+
+
+def _other_sizes(name):
+    """Two other resolutions on the patch grid: one smaller square, one larger non-square."""
+    spec = keras_vit.registry.get_spec(name).arch
+    p, grid = spec["patch_size"], spec["image_size"] // spec["patch_size"]
+    return [p * max(grid - 3, 2), (p * (grid + 2), p * max(grid - 2, 2))]
+
+
+def _check(name, tmp_path, image_sizes=(None,), batch=2, **arch):
+    ref = randomize_timm_model(timm.create_model(name, **arch).eval(), seed=len(name))
+    path = save_timm_safetensors(ref, tmp_path / "w.safetensors")
+    diffs = []
+    for size in image_sizes:
+        if size is None:
+            tm, h, w = ref, *ref.patch_embed.img_size
+        else:
+            h, w = (size, size) if isinstance(size, int) else size
+            tm = timm.create_model(name, img_size=(h, w), **arch).eval()
+            tm.load_state_dict(checkpoint_filter_fn(ref.state_dict(), tm))
+        images = structured_images(batch, h, w, seed=h + w)
+        model = keras_vit.create_model(
+            name, weights=path, image_size=size, include_preprocessing=False, **arch
+        )
+        ours = model.predict_on_batch(nchw_to_nhwc(images))
+        diffs.append(assert_parity(ours, timm_forward(tm, images)))
+    return diffs
+
+
+def test_registry_covers_timm_classic_vits():
+    pattern = re.compile(r"vit_(tiny|small|base|large|huge)_patch(8|14|16|32)_(224|384)$")
+    expected = sorted(n for n in timm.list_models("vit_*") if pattern.match(n))
+    assert VIT_NAMES == expected
+    assert len(VIT_NAMES) == 18
+
+
+@pytest.mark.parametrize("name", VIT_NAMES)
+def test_parity_every_variant_at_depth_2(name, tmp_path):
+    _check(name, tmp_path, image_sizes=[None, *_other_sizes(name)], depth=2)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_parity_full_depth_small_variants(name, tmp_path):
+    _check(name, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VIT_NAMES)
+def test_parity_full_size(name, tmp_path):
+    diffs = _check(name, tmp_path, image_sizes=[None, *_other_sizes(name)], batch=2)
+    print(f"{name}: max |diff| at native and two other sizes: {diffs}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VIT_NAMES)
+def test_param_count_matches_timm(name):
+    with torch.device("meta"):
+        expected = sum(p.numel() for p in timm.create_model(name).parameters())
+    assert keras_vit.create_model(name).count_params() == expected
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_base_patch16_224"])
+def test_param_count_matches_timm_ci(name):
+    with torch.device("meta"):
+        expected = sum(p.numel() for p in timm.create_model(name).parameters())
+    assert keras_vit.create_model(name).count_params() == expected
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A depth-2 ViT-Ti in timm with random weights, and its safetensors file."""
+    ref = randomize_timm_model(timm.create_model("vit_tiny_patch16_224", depth=2).eval(), seed=3)
+    path = save_timm_safetensors(ref, tmp_path_factory.mktemp("w") / "tiny.safetensors")
+    return ref, path
+
+
+def test_preprocessing_takes_0_255_rgb(tiny):
+    ref, path = tiny
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    normalised = (pixels / 255.0 - 0.5) / 0.5  # ViT's mean = std = 0.5
+    model = keras_vit.create_model("vit_tiny_patch16_224", depth=2, weights=path)
+    expected = timm_forward(ref, np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
+    assert_parity(model.predict_on_batch(pixels), expected, discriminative=False)
+
+
+def test_features_and_avg_pool_match_timm(tiny):
+    ref, path = tiny
+    images = structured_images(2, 224, 224)
+    feats = keras_vit.create_model(
+        "vit_tiny_patch16_224", depth=2, weights=path, num_classes=0, include_preprocessing=False
+    )
+    with torch.no_grad():
+        expected = ref.forward_head(ref.forward_features(torch.from_numpy(images)), pre_logits=True)
+    assert feats.output_shape == (None, 192)
+    assert_parity(feats.predict_on_batch(nchw_to_nhwc(images)), expected.numpy())
+
+    # global average pooling: timm puts a LayerNorm (fc_norm) after the pool instead of `norm`
+    avg_ref = timm.create_model("vit_tiny_patch16_224", depth=2, global_pool="avg").eval()
+    randomize_timm_model(avg_ref, seed=5)
+    avg_path = save_timm_safetensors(avg_ref, path.parent / "avg.safetensors")
+    avg = keras_vit.create_model(
+        "vit_tiny_patch16_224",
+        depth=2,
+        weights=avg_path,
+        global_pool="avg",
+        include_preprocessing=False,
+    )
+    assert_parity(avg.predict_on_batch(nchw_to_nhwc(images)), timm_forward(avg_ref, images))
+
+
+def test_new_num_classes_keeps_backbone_and_starts_fresh_head(tiny):
+    ref, path = tiny
+    images = nchw_to_nhwc(structured_images(2, 224, 224))
+    model = keras_vit.create_model(
+        "vit_tiny_patch16_224", depth=2, weights=path, num_classes=7, include_preprocessing=False
+    )
+    assert model.output_shape == (None, 7)
+    features = keras_vit.create_model(
+        "vit_tiny_patch16_224", depth=2, weights=path, num_classes=0, include_preprocessing=False
+    )
+    head = model.get_layer("head")
+    expected = features.predict_on_batch(images) @ head.kernel.numpy() + head.bias.numpy()
+    np.testing.assert_allclose(model.predict_on_batch(images), expected, atol=1e-4)
+
+
+def test_intermediate_features_match_timm_blocks(tiny):
+    ref, path = tiny
+    captured = []
+    hooks = [b.register_forward_hook(lambda m, i, o: captured.append(o.numpy())) for b in ref.blocks]
+    images = structured_images(2, 224, 224)
+    timm_forward(ref, images)
+    for h in hooks:
+        h.remove()
+    model = keras_vit.create_model(
+        "vit_tiny_patch16_224", depth=2, weights=path, include_preprocessing=False
+    )
+    ours = model.forward_intermediates(nchw_to_nhwc(images))
+    assert len(ours) == 2 and ours[0].shape == (2, 197, 192)
+    for a, b in zip(ours, captured):
+        assert_parity(a, b, discriminative=False)
+    last = model.forward_intermediates(nchw_to_nhwc(images), indices=[-1])
+    np.testing.assert_array_equal(last[0], ours[-1])
