@@ -34,7 +34,14 @@ def test_vit_on_jax_backend_matches_timm(tmp_path):
     np.save(tmp_path / "x.npy", images.transpose(0, 2, 3, 1))
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(weights), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            str(weights),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -12,14 +12,22 @@ timm_layers = pytest.importorskip("timm.layers")
 
 @pytest.mark.parametrize(
     "old,new,prefix",
-    [((14, 14), (24, 24), 1), ((24, 24), (12, 12), 1), ((14, 14), (10, 17), 2), ((7, 7), (9, 9), 0)],
+    [
+        ((14, 14), (24, 24), 1),
+        ((24, 24), (12, 12), 1),
+        ((14, 14), (10, 17), 2),
+        ((7, 7), (9, 9), 0),
+    ],
 )
 @pytest.mark.parametrize("antialias", [True, False])
 def test_resample_abs_pos_embed_matches_timm(old, new, prefix, antialias):
     rng = np.random.default_rng(0)
     posemb = rng.standard_normal((1, prefix + old[0] * old[1], 16)).astype(np.float32)
     expected = timm_layers.resample_abs_pos_embed(
-        torch.from_numpy(posemb), list(new), old_size=list(old), num_prefix_tokens=prefix,
+        torch.from_numpy(posemb),
+        list(new),
+        old_size=list(old),
+        num_prefix_tokens=prefix,
         antialias=antialias,
     ).numpy()
     ours = layers.resample_abs_pos_embed(posemb, new, old, prefix, antialias=antialias)

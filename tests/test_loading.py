@@ -20,7 +20,9 @@ def _snapshot(model):
 
 
 def _unchanged(model, before):
-    return all(np.array_equal(a, keras.ops.convert_to_numpy(w)) for a, w in zip(before, model.weights))
+    return all(
+        np.array_equal(a, keras.ops.convert_to_numpy(w)) for a, w in zip(before, model.weights)
+    )
 
 
 def test_unknown_name_lists_closest():
@@ -47,8 +49,10 @@ def test_round_trip_through_timm_layout(model_and_state, tmp_path):
 @pytest.mark.parametrize(
     "corrupt,message",
     [
-        (lambda s: s.update({"blocks.0.attn.qkv.weight": np.zeros((3, 3), np.float32)}),
-         r"blocks\.0\.attn\.qkv\.weight.*\(3, 3\).*\(192, 576\)"),
+        (
+            lambda s: s.update({"blocks.0.attn.qkv.weight": np.zeros((3, 3), np.float32)}),
+            r"blocks\.0\.attn\.qkv\.weight.*\(3, 3\).*\(192, 576\)",
+        ),
         (lambda s: s.pop("blocks.0.mlp.fc2.bias"), r"missing tensor 'blocks\.0\.mlp\.fc2\.bias'"),
         (lambda s: s.update({"extra.weight": np.zeros(3, np.float32)}), "unexpected tensor 'extra"),
         (lambda s: s["norm.weight"].__setitem__(4, np.nan), r"'norm\.weight' contains NaN"),

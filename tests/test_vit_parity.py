@@ -154,7 +154,9 @@ def test_new_num_classes_keeps_backbone_and_starts_fresh_head(tiny):
 def test_intermediate_features_match_timm_blocks(tiny):
     ref, path = tiny
     captured = []
-    hooks = [b.register_forward_hook(lambda m, i, o: captured.append(o.numpy())) for b in ref.blocks]
+    hooks = [
+        b.register_forward_hook(lambda m, i, o: captured.append(o.numpy())) for b in ref.blocks
+    ]
     images = structured_images(2, 224, 224)
     timm_forward(ref, images)
     for h in hooks:

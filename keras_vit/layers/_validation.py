@@ -22,5 +22,7 @@ def pair(name, value):
         or len(value) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
     ):
-        raise ValueError(f"`{name}` must be a positive int or a (height, width) pair, got {value!r}.")
+        raise ValueError(
+            f"`{name}` must be a positive int or a (height, width) pair, got {value!r}."
+        )
     return tuple(value)

@@ -24,14 +24,18 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.qkv_bias = qkv_bias
         self.attn_drop = rate("attn_drop", attn_drop)
         self.proj_drop = rate("proj_drop", proj_drop)
-        self.qkv = keras.layers.Dense(3 * dim, use_bias=qkv_bias, name="qkv", dtype=self.dtype_policy)
+        self.qkv = keras.layers.Dense(
+            3 * dim, use_bias=qkv_bias, name="qkv", dtype=self.dtype_policy
+        )
         self.proj = keras.layers.Dense(dim, name="proj", dtype=self.dtype_policy)
         self.attn_dropout = keras.layers.Dropout(self.attn_drop, dtype=self.dtype_policy)
         self.proj_dropout = keras.layers.Dropout(self.proj_drop, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         if input_shape[-1] != self.dim:
-            raise ValueError(f"Input feature size {input_shape[-1]} does not match `dim` {self.dim}.")
+            raise ValueError(
+                f"Input feature size {input_shape[-1]} does not match `dim` {self.dim}."
+            )
         self.qkv.build(input_shape)
         self.proj.build(input_shape[:-1] + (self.dim,))
 

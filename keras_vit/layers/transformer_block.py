@@ -45,11 +45,15 @@ class TransformerBlock(keras.layers.Layer):
         self.norm_epsilon = float(norm_epsilon)
         self.activation = activation
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(epsilon=norm_epsilon, name="norm1", dtype=policy)
+        self.norm1 = keras.layers.LayerNormalization(
+            epsilon=norm_epsilon, name="norm1", dtype=policy
+        )
         self.attn = MultiHeadSelfAttention(
             dim, num_heads, qkv_bias, attn_drop, proj_drop, name="attn", dtype=policy
         )
-        self.norm2 = keras.layers.LayerNormalization(epsilon=norm_epsilon, name="norm2", dtype=policy)
+        self.norm2 = keras.layers.LayerNormalization(
+            epsilon=norm_epsilon, name="norm2", dtype=policy
+        )
         self.mlp = Mlp(
             int(dim * mlp_ratio), activation=activation, drop=proj_drop, name="mlp", dtype=policy
         )
@@ -65,7 +69,9 @@ class TransformerBlock(keras.layers.Layer):
                 layer.build(input_shape)
 
     def call(self, x, training=None, return_attention_scores=False):
-        y = self.attn(self.norm1(x), training=training, return_attention_scores=return_attention_scores)
+        y = self.attn(
+            self.norm1(x), training=training, return_attention_scores=return_attention_scores
+        )
         y, attn = y if return_attention_scores else (y, None)
         if self.ls1 is not None:
             y = self.ls1(y)

@@ -79,7 +79,13 @@ class VisionTransformer(keras.Model):
                 raise ValueError(
                     f"`image_size` {image_size} must be a multiple of the patch size {patch_size}."
                 )
-        for arg in ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"):
+        for arg in (
+            "drop_rate",
+            "pos_drop_rate",
+            "proj_drop_rate",
+            "attn_drop_rate",
+            "drop_path_rate",
+        ):
             rate(arg, locals()[arg])
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
 
