@@ -2,8 +2,8 @@
 
 Usage: python examples/benchmark_cpu.py [MODEL ...] [--batch 8] [--seconds 20]
 
-keras_vit is used as a user would: `create_model(...)` then `predict_on_batch` (compiled with
-XLA: `jit_compile=True`). timm runs eager in `torch.inference_mode()`. Both float32, same
+keras_vit is used as a user would: `create_model(...)` then `predict_on_batch`, nothing else
+(the models default to XLA, see keras_vit/models/base.py). timm runs eager in `torch.inference_mode()`. Both float32, same
 batch, warmed up first; each side is timed for about `--seconds` and the median batch time
 gives images/s.
 """
@@ -44,7 +44,6 @@ def bench(name, batch, seconds):
     images = np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)).astype("float32")
 
     model = keras_vit.create_model(name)
-    model.compile(jit_compile=True)
     ours = _time(lambda: model.predict_on_batch(images), seconds)
 
     ref = timm.create_model(name).eval()

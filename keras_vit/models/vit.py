@@ -17,6 +17,7 @@ from keras_vit.layers import (
     resample_abs_pos_embed,
 )
 from keras_vit.layers._validation import pair, rate
+from keras_vit.models.base import XLAByDefault
 from keras_vit.registry import register_model
 
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
@@ -33,7 +34,7 @@ class _Views:
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
-class VisionTransformer(keras.Model):
+class VisionTransformer(XLAByDefault, keras.Model):
     """ViT classifier or feature extractor, NHWC input.
 
     With `include_preprocessing=True` the model takes RGB in 0..255 and normalises with
@@ -79,14 +80,15 @@ class VisionTransformer(keras.Model):
                 raise ValueError(
                     f"`image_size` {image_size} must be a multiple of the patch size {patch_size}."
                 )
-        for arg in (
-            "drop_rate",
-            "pos_drop_rate",
-            "proj_drop_rate",
-            "attn_drop_rate",
-            "drop_path_rate",
-        ):
-            rate(arg, locals()[arg])
+        rates = dict(
+            drop_rate=drop_rate,
+            pos_drop_rate=pos_drop_rate,
+            proj_drop_rate=proj_drop_rate,
+            attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate,
+        )
+        for arg, value in rates.items():
+            rate(arg, value)
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
 
         # === graph ===
