@@ -1,5 +1,6 @@
 """Model families, one per module; importing them registers their variants."""
 
+from keras_vit.models.deit import DistilledVisionTransformer
 from keras_vit.models.vit import VisionTransformer
 
-__all__ = ["VisionTransformer"]
+__all__ = ["DistilledVisionTransformer", "VisionTransformer"]
