@@ -1,0 +1,196 @@
+"""DeiT parity with timm: every registered variant, both heads of the distilled ones, random
+weights, float32, max |diff| <= 1e-4, at the native and a resampled resolution.
+
+CI runs every variant at depth 2 (same widths, heads, patch and resolution as the full model)
+and the tiny variants at full depth; `make parity` (`-m slow`) runs all full-size.
+"""
+
+import keras
+import numpy as np
+import pytest
+from helpers import (
+    assert_parity,
+    nchw_to_nhwc,
+    randomize_timm_model,
+    save_timm_safetensors,
+    structured_images,
+    timm_forward,
+)
+
+import keras_vit
+from keras_vit.models import DistilledVisionTransformer, VisionTransformer
+
+timm = pytest.importorskip("timm")
+torch = pytest.importorskip("torch")
+from timm.models.deit import checkpoint_filter_fn  # noqa: E402
+
+DEIT_NAMES = keras_vit.list_models("deit_*")
+TINY = [n for n in DEIT_NAMES if n.startswith("deit_tiny")]
+
+
+def _resampled_size(name):
+    """A larger non-square grid: DeiT's fine-tune-at-higher-resolution path."""
+    spec = keras_vit.registry.get_spec(name).arch
+    p, grid = spec["patch_size"], spec["image_size"] // spec["patch_size"]
+    return (p * (grid + 2), p * max(grid - 2, 2))
+
+
+def _timm_heads(model, images):
+    """(cls_logits, dist_logits) from timm: the tuple it returns in distilled training mode."""
+    model.set_distilled_training(True)
+    model.train()  # every dropout rate is 0, so train mode changes only the head's output
+    try:
+        return timm_forward(model, images)
+    finally:
+        model.eval()
+        model.set_distilled_training(False)
+
+
+def _check(name, tmp_path, image_sizes=(None,), batch=2, **arch):
+    ref = randomize_timm_model(timm.create_model(name, **arch).eval(), seed=len(name))
+    path = save_timm_safetensors(ref, tmp_path / "w.safetensors")
+    distilled = "distilled" in name
+    diffs = {}
+    for size in image_sizes:
+        if size is None:
+            tm, (h, w) = ref, ref.patch_embed.img_size
+        else:
+            h, w = size
+            tm = timm.create_model(name, img_size=(h, w), **arch).eval()
+            tm.load_state_dict(checkpoint_filter_fn(ref.state_dict(), tm))
+        images = structured_images(batch, h, w, seed=h + w)
+        model = keras_vit.create_model(
+            name, weights=path, image_size=size, include_preprocessing=False, **arch
+        )
+        assert type(model) is (DistilledVisionTransformer if distilled else VisionTransformer)
+        x = nchw_to_nhwc(images)
+        diffs[(h, w)] = [assert_parity(model.predict_on_batch(x), timm_forward(tm, images))]
+        if distilled:
+            ours = model.heads_model.predict_on_batch(x)
+            for a, b in zip(ours, _timm_heads(tm, images), strict=True):
+                diffs[(h, w)].append(assert_parity(a, b))
+    return diffs
+
+
+def test_registry_covers_timm_deit():
+    expected = [
+        "deit_base_distilled_patch16_224",
+        "deit_base_distilled_patch16_384",
+        "deit_base_patch16_224",
+        "deit_base_patch16_384",
+        "deit_small_distilled_patch16_224",
+        "deit_small_patch16_224",
+        "deit_tiny_distilled_patch16_224",
+        "deit_tiny_patch16_224",
+    ]
+    assert DEIT_NAMES == expected
+    assert set(expected) <= set(timm.list_models("deit_*"))
+    for name in DEIT_NAMES:
+        cfg = timm.models.get_pretrained_cfg(name)
+        spec = keras_vit.registry.get_spec(name)
+        assert spec.defaults["mean"] == cfg.mean and spec.defaults["std"] == cfg.std
+        assert spec.defaults["num_classes"] == cfg.num_classes
+        assert (3, spec.arch["image_size"], spec.arch["image_size"]) == cfg.input_size
+
+
+@pytest.mark.parametrize("name", DEIT_NAMES)
+def test_parity_every_variant_at_depth_2(name, tmp_path):
+    _check(name, tmp_path, image_sizes=[None, _resampled_size(name)], depth=2)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_parity_full_depth_tiny_variants(name, tmp_path):
+    _check(name, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DEIT_NAMES)
+def test_parity_full_size(name, tmp_path):
+    diffs = _check(name, tmp_path, image_sizes=[None, _resampled_size(name)])
+    print(f"{name}: max |diff| (averaged[, cls, dist]) per size: {diffs}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DEIT_NAMES)
+def test_param_count_matches_timm(name):
+    with torch.device("meta"):
+        expected = sum(p.numel() for p in timm.create_model(name).parameters())
+    assert keras_vit.create_model(name).count_params() == expected
+
+
+@pytest.fixture(scope="module")
+def tiny_distilled(tmp_path_factory):
+    name = "deit_tiny_distilled_patch16_224"
+    ref = randomize_timm_model(timm.create_model(name, depth=2).eval(), seed=7)
+    path = save_timm_safetensors(ref, tmp_path_factory.mktemp("w") / "tiny.safetensors")
+    return name, ref, path
+
+
+def test_preprocessing_uses_imagenet_mean_std(tiny_distilled):
+    name, ref, path = tiny_distilled
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    normalised = ((pixels / 255.0 - mean) / std).astype(np.float32)
+    model = keras_vit.create_model(name, depth=2, weights=path)
+    expected = timm_forward(ref, np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
+    assert_parity(model.predict_on_batch(pixels), expected, discriminative=False)
+
+
+def test_features_are_mean_of_both_tokens(tiny_distilled):
+    name, ref, path = tiny_distilled
+    images = structured_images(2, 224, 224)
+    feats = keras_vit.create_model(
+        name, depth=2, weights=path, num_classes=0, include_preprocessing=False
+    )
+    with torch.no_grad():
+        expected = ref.forward_head(ref.forward_features(torch.from_numpy(images)), pre_logits=True)
+    assert feats.output_shape == (None, 192)
+    assert_parity(feats.predict_on_batch(nchw_to_nhwc(images)), expected.numpy())
+
+
+def test_heads_model_shares_weights_and_averages_to_output(tiny_distilled):
+    name, _, path = tiny_distilled
+    model = keras_vit.create_model(name, depth=2, weights=path, include_preprocessing=False)
+    heads = model.heads_model
+    assert heads is model.heads_model  # cached
+    assert {id(v) for v in heads.weights} == {id(v) for v in model.weights}
+    x = nchw_to_nhwc(structured_images(2, 224, 224))
+    cls_logits, dist_logits = heads.predict_on_batch(x)
+    np.testing.assert_allclose(
+        model.predict_on_batch(x), (cls_logits + dist_logits) / 2, rtol=0, atol=1e-5
+    )  # two XLA programs: rounding may differ by ~1e-6
+    model.get_layer("head_dist").bias.assign(model.get_layer("head_dist").bias + 1.0)
+    np.testing.assert_allclose(heads.predict_on_batch(x)[1], dist_logits + 1.0, atol=1e-5)
+
+
+def test_new_num_classes_resets_both_heads(tiny_distilled):
+    name, _, path = tiny_distilled
+    model = keras_vit.create_model(
+        name, depth=2, weights=path, num_classes=5, include_preprocessing=False
+    )
+    assert model.output_shape == (None, 5)
+    assert model.get_layer("head_dist").kernel.shape == (192, 5)
+    assert set(model.head_keys) >= {"head_dist.weight", "head_dist.bias"}
+
+
+def test_distilled_keras_round_trip(tmp_path):
+    model = keras_vit.create_model(
+        "deit_tiny_distilled_patch16_224", depth=1, image_size=32, num_classes=7, drop_rate=0.1
+    )
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    expected = model.predict_on_batch(x)
+    expected_heads = model.heads_model.predict_on_batch(x)  # a cached view must not be saved
+    model.save(tmp_path / "deit.keras")
+    loaded = keras.saving.load_model(tmp_path / "deit.keras")
+    assert type(loaded) is DistilledVisionTransformer
+    assert loaded.get_config() == model.get_config()
+    assert len(loaded.weights) == len(model.weights)
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), expected)
+    for a, b in zip(loaded.heads_model.predict_on_batch(x), expected_heads, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [dict(global_pool="avg"), dict(fc_norm=True)])
+def test_distilled_rejects_other_pooling(bad):
+    with pytest.raises(ValueError, match=str(next(iter(bad.values())))):
+        keras_vit.create_model("deit_tiny_distilled_patch16_224", depth=1, image_size=32, **bad)
