@@ -4,21 +4,37 @@ from keras_vit.layers.attention import MultiHeadSelfAttention
 from keras_vit.layers.drop_path import DropPath
 from keras_vit.layers.layer_scale import LayerScale
 from keras_vit.layers.mlp import Mlp
+from keras_vit.layers.mobilevit_blocks import (
+    ClassifierHead,
+    ConvNormAct,
+    InvertedResidual,
+    MobileViTBlock,
+    fold_patches,
+    unfold_patches,
+)
 from keras_vit.layers.patch_embedding import PatchEmbedding
 from keras_vit.layers.position_embedding import PositionEmbedding, resample_abs_pos_embed
 from keras_vit.layers.preprocessing import ImageNormalization
+from keras_vit.layers.squeeze_excite import SqueezeExcite
 from keras_vit.layers.tokens import PrependToken
 from keras_vit.layers.transformer_block import TransformerBlock
 
 __all__ = [
+    "ClassifierHead",
+    "ConvNormAct",
     "DropPath",
     "ImageNormalization",
+    "InvertedResidual",
     "LayerScale",
     "Mlp",
+    "MobileViTBlock",
     "MultiHeadSelfAttention",
     "PatchEmbedding",
     "PositionEmbedding",
     "PrependToken",
+    "SqueezeExcite",
     "TransformerBlock",
+    "fold_patches",
     "resample_abs_pos_embed",
+    "unfold_patches",
 ]

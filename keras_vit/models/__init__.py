@@ -1,6 +1,7 @@
 """Model families, one per module; importing them registers their variants."""
 
 from keras_vit.models.deit import DistilledVisionTransformer
+from keras_vit.models.mobilevit import MobileViT
 from keras_vit.models.vit import VisionTransformer
 
-__all__ = ["DistilledVisionTransformer", "VisionTransformer"]
+__all__ = ["DistilledVisionTransformer", "MobileViT", "VisionTransformer"]

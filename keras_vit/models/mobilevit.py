@@ -1,0 +1,275 @@
+"""MobileViT (Mehta & Rastegari, "MobileViT: Light-weight, General-purpose, and Mobile-friendly
+Vision Transformer", ICLR 2022), as timm builds `mobilevit_xxs/xs/s` (a `ByobNet`).
+
+    stem      3x3 conv stride 2 + BN + SiLU                               stride 2
+    stages_0  inverted residual                                           stride 2
+    stages_1  3 inverted residuals (first stride 2)                       stride 4
+    stages_2  inverted residual (stride 2) + MobileViT block (2 layers)   stride 8
+    stages_3  inverted residual (stride 2) + MobileViT block (4 layers)   stride 16
+    stages_4  inverted residual (stride 2) + MobileViT block (3 layers)   stride 32
+    final_conv 1x1 conv + BN + SiLU, head: global average pool + `fc`
+
+Layer names are timm's module paths (`stem/conv`, `stages_2_1/transformer_0/attn/qkv`,
+`final_conv/bn`, `head/fc`), so a timm state_dict loads through the generic map.
+"""
+
+import keras
+import numpy as np
+
+from keras_vit.layers import ImageNormalization
+from keras_vit.layers._validation import pair, positive_int, rate
+from keras_vit.layers.mobilevit_blocks import (
+    ClassifierHead,
+    ConvNormAct,
+    InvertedResidual,
+    MobileViTBlock,
+)
+from keras_vit.models.base import XLAByDefault
+from keras_vit.models.vit import _Views
+from keras_vit.registry import register_model
+
+# The cvnets checkpoints take RGB in [0, 1]: no mean/std normalisation.
+MOBILEVIT_MEAN = (0.0, 0.0, 0.0)
+MOBILEVIT_STD = (1.0, 1.0, 1.0)
+
+
+def _int_tuple(name, values, length=None):
+    values = tuple(values)
+    for v in values:
+        positive_int(f"{name} entries", v)
+    if length is not None and len(values) != length:
+        raise ValueError(f"`{name}` needs {length} entries, got {values}.")
+    return values
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class MobileViT(XLAByDefault, keras.Model):
+    """MobileViT classifier or backbone, NHWC input.
+
+    Fully convolutional apart from the transformers on unfolded patches, so any `image_size`
+    works; where a stage's map is not a multiple of the patch, the MobileViT block resizes it
+    as timm does (see `MobileViTBlock`). Output: logits `(B, num_classes)`; pooled features
+    `(B, num_features)` with `num_classes=0`; with `features_only=True` the list of five
+    feature maps at strides 2, 4, 8, 16, 32 (timm's `features_only=True`: the outputs of
+    `stages_0` .. `stages_3` and of `final_conv`), also available from any model through
+    `feature_model()`.
+
+    Args:
+        channels: output channels of the five stages.
+        depths: inverted residuals per stage.
+        strides: stride of each stage's first block.
+        transformer_dims, transformer_depths: width and depth of the MobileViT block that ends
+            each of the last `len(transformer_dims)` stages.
+        expansion: inverted-residual expansion ratio.
+        num_features: width of `final_conv` (0: none).
+        se_ratio: Squeeze-and-Excitation in every inverted residual (None: off, as MobileViT).
+    """
+
+    def __init__(
+        self,
+        image_size=256,
+        stem_channels=16,
+        channels=(16, 24, 48, 64, 80),
+        depths=(1, 3, 1, 1, 1),
+        strides=(1, 2, 2, 2, 2),
+        transformer_dims=(64, 80, 96),
+        transformer_depths=(2, 4, 3),
+        expansion=2.0,
+        num_features=320,
+        patch_size=2,
+        num_heads=4,
+        mlp_ratio=2.0,
+        se_ratio=None,
+        num_classes=1000,
+        global_pool="avg",
+        features_only=False,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.0,
+        include_preprocessing=True,
+        mean=MOBILEVIT_MEAN,
+        std=MOBILEVIT_STD,
+        in_channels=3,
+        name=None,
+        dtype=None,
+        **kwargs,
+    ):
+        image_size = pair("image_size", image_size)
+        channels = _int_tuple("channels", channels)
+        n = len(channels)
+        depths = _int_tuple("depths", depths, n)
+        strides = _int_tuple("strides", strides, n)
+        transformer_dims = _int_tuple("transformer_dims", transformer_dims)
+        transformer_depths = _int_tuple(
+            "transformer_depths", transformer_depths, len(transformer_dims)
+        )
+        if len(transformer_dims) > n:
+            raise ValueError(
+                f"{len(transformer_dims)} transformer stages but only {n} stages ({channels})."
+            )
+        if global_pool != "avg":
+            raise ValueError(f"`global_pool` must be 'avg' for MobileViT, got {global_pool!r}.")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"`num_classes` must be an int >= 0, got {num_classes!r}.")
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 0:
+            raise ValueError(f"`num_features` must be an int >= 0, got {num_features!r}.")
+        for arg, value in dict(
+            drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate
+        ).items():
+            rate(arg, value)
+
+        # === graph ===
+        images = keras.Input((image_size[0], image_size[1], in_channels), name="images")
+        x = images
+        if include_preprocessing:
+            x = ImageNormalization(mean, std, name="preprocessing", dtype=dtype)(x)
+        x = ConvNormAct(stem_channels, 3, 2, name="stem", dtype=dtype)(x)  # (B, H/2, W/2, 16)
+        first_transformer_stage = n - len(transformer_dims)
+        # stochastic depth linear over all blocks, one rate per block (timm's `dpr`)
+        num_blocks = sum(depths) + len(transformer_dims)
+        drop_paths = iter(np.linspace(0.0, drop_path_rate, num_blocks).tolist())
+        stage_outputs = []
+        for s in range(n):
+            for j in range(depths[s]):
+                x = InvertedResidual(
+                    channels[s],
+                    strides=strides[s] if j == 0 else 1,
+                    expansion=expansion,
+                    se_ratio=se_ratio,
+                    drop_path=next(drop_paths),
+                    name=f"stages_{s}_{j}",
+                    dtype=dtype,
+                )(x)
+            if s >= first_transformer_stage:
+                t = s - first_transformer_stage
+                x = MobileViTBlock(
+                    transformer_dims[t],
+                    transformer_depths[t],
+                    filters=channels[s],
+                    patch_size=patch_size,
+                    num_heads=num_heads,
+                    mlp_ratio=mlp_ratio,
+                    attn_drop=attn_drop_rate,
+                    drop_path=next(drop_paths),
+                    name=f"stages_{s}_{depths[s]}",
+                    dtype=dtype,
+                )(x)
+            stage_outputs.append(x)
+        if num_features:
+            x = ConvNormAct(num_features, 1, name="final_conv", dtype=dtype)(x)
+        # timm's feature_info: every stage output before a stride, then final_conv
+        features = stage_outputs[:-1] + [x]
+        if features_only:
+            outputs = features
+        else:
+            outputs = ClassifierHead(num_classes, drop_rate, name="head", dtype=dtype)(x)
+        super().__init__(inputs=images, outputs=outputs, name=name, dtype=dtype, **kwargs)
+
+        # === config (constructor arguments only) ===
+        self.image_size = image_size
+        self.stem_channels = stem_channels
+        self.channels = channels
+        self.depths = depths
+        self.strides = strides
+        self.transformer_dims = transformer_dims
+        self.transformer_depths = transformer_depths
+        self.expansion = expansion
+        self.num_features = num_features
+        self.patch_size = patch_size
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.se_ratio = se_ratio
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.features_only = features_only
+        self.drop_rate = drop_rate
+        self.attn_drop_rate = attn_drop_rate
+        self.drop_path_rate = drop_path_rate
+        self.include_preprocessing = include_preprocessing
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.in_channels = in_channels
+        self._views = _Views(features=features)
+
+    @property
+    def feature_strides(self):
+        """Output stride of each feature map of `feature_model()`: (2, 4, 8, 16, 32)."""
+        strides = np.cumprod((2,) + self.strides).tolist()  # stem, then each stage
+        return tuple(strides[1:-1] + strides[-1:])
+
+    @property
+    def head_keys(self):
+        """Checkpoint keys of the classifier, which a new `num_classes` starts afresh."""
+        return ("head.fc.weight", "head.fc.bias")
+
+    def feature_model(self):
+        """A `keras.Model` over the same layers returning the five feature maps
+        `(B, H/s, W/s, C)` at strides 2, 4, 8, 16, 32 (timm's `features_only=True`)."""
+        return keras.Model(self.inputs, self._views.features, name=f"{self.name}_features")
+
+    def adapt_checkpoint(self, state_dict):
+        """A backbone built with `features_only` has no head: classifier tensors are dropped."""
+        if self.features_only:
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+        return state_dict
+
+    def get_config(self):
+        return {
+            "image_size": self.image_size,
+            "stem_channels": self.stem_channels,
+            "channels": self.channels,
+            "depths": self.depths,
+            "strides": self.strides,
+            "transformer_dims": self.transformer_dims,
+            "transformer_depths": self.transformer_depths,
+            "expansion": self.expansion,
+            "num_features": self.num_features,
+            "patch_size": self.patch_size,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "se_ratio": self.se_ratio,
+            "num_classes": self.num_classes,
+            "global_pool": self.global_pool,
+            "features_only": self.features_only,
+            "drop_rate": self.drop_rate,
+            "attn_drop_rate": self.attn_drop_rate,
+            "drop_path_rate": self.drop_path_rate,
+            "include_preprocessing": self.include_preprocessing,
+            "mean": self.mean,
+            "std": self.std,
+            "in_channels": self.in_channels,
+            "name": self.name,
+            "dtype": self.dtype_policy.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+# The paper's Table 4 / timm's `model_cfgs`: stage channels, transformer widths
+# (depths 2 / 4 / 3, 2x2 patches), MobileNetV2 expansion and final_conv width.
+_VARIANTS = {
+    "mobilevit_xxs": dict(
+        channels=(16, 24, 48, 64, 80), transformer_dims=(64, 80, 96), expansion=2.0,
+        num_features=320,
+    ),
+    "mobilevit_xs": dict(
+        channels=(32, 48, 64, 80, 96), transformer_dims=(96, 120, 144), expansion=4.0,
+        num_features=384,
+    ),
+    "mobilevit_s": dict(
+        channels=(32, 64, 96, 128, 160), transformer_dims=(144, 192, 240), expansion=4.0,
+        num_features=640,
+    ),
+}  # fmt: skip
+for _name, _arch in _VARIANTS.items():
+    register_model(
+        _name,
+        MobileViT,
+        family="mobilevit",
+        arch=dict(_arch, image_size=256, stem_channels=16, depths=(1, 3, 1, 1, 1)),
+        num_classes=1000,
+        mean=MOBILEVIT_MEAN,
+        std=MOBILEVIT_STD,
+    )
