@@ -2,7 +2,7 @@
 
 All or nothing: every tensor is mapped, shape-checked and checked for NaN/Inf before the
 first assignment, so a failure leaves the model exactly as it was. Weights never come
-through pickle.
+through plain pickle (torch files only via `torch.load(weights_only=True)`).
 """
 
 import logging
@@ -16,10 +16,38 @@ logger = logging.getLogger("keras_vit")
 
 
 def read_state_dict(path):
-    """A checkpoint file -> {timm key: numpy array}. Only pickle-free formats are read here."""
+    """A checkpoint -> {timm key: numpy array}, whatever its published format.
+
+    - a timm `state_dict` as `.safetensors`;
+    - a timm (or HF) `state_dict` as `.pth`/`.pt`/`.bin`, only through
+      `torch.load(weights_only=True)` (torch's restricted unpickler: tensors and plain
+      containers, never arbitrary objects), and only when torch is installed;
+    - a Hugging Face `save_pretrained` directory (`config.json` + weights), or a weights file
+      with HF keys and a `config.json` beside it (`keras_vit.convert.huggingface`);
+    - Google's original / AugReg ViT `.npz` (`keras_vit.convert.big_vision`).
+    """
+    from keras_vit.convert import huggingface as hf
+
     path = os.fspath(path)
+    if os.path.isdir(path):
+        if not hf.is_hf_dir(path):
+            raise ValueError(f"{path!r} is a directory without a Hugging Face config.json.")
+        return hf.hf_to_timm(_read_file(hf.weights_file(path)), hf.read_config(path))
     if not os.path.isfile(path):
         raise ValueError(f"Weights file {path!r} does not exist.")
+    state_dict = _read_file(path)
+    if not path.endswith(".npz") and hf.looks_like_hf(state_dict):
+        config = hf.read_config(path)
+        if config is None:
+            raise ValueError(
+                f"{path!r} has Hugging Face keys but no config.json beside it; pass the "
+                "save_pretrained directory."
+            )
+        return hf.hf_to_timm(state_dict, config)
+    return state_dict
+
+
+def _read_file(path):
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
@@ -28,15 +56,55 @@ def read_state_dict(path):
             return load_file(path)
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"Cannot read safetensors file {path!r}: {err}") from err
-    if path.endswith((".pth", ".pt", ".bin", ".ckpt", ".pkl")):
-        raise ValueError(
-            f"{path!r} is a pickle-based checkpoint; keras_vit does not unpickle. "
-            "Convert it to .safetensors."
-        )
+    if path.endswith(".npz"):
+        from keras_vit.convert.big_vision import read_npz
+
+        return read_npz(path)
+    if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
+        return _read_torch(path)
+    if path.endswith(".pkl"):
+        raise ValueError(f"{path!r} is a plain pickle; keras_vit does not unpickle.")
     raise ValueError(
-        f"Unknown weights format for {path!r}: expected a timm state_dict as .safetensors "
-        "or Keras .weights.h5."
+        f"Unknown weights format for {path!r}: expected .safetensors, .pth/.bin (torch), .npz "
+        "(big_vision ViT), a Hugging Face directory, or Keras .weights.h5."
     )
+
+
+def _read_torch(path):
+    """A torch checkpoint through torch's restricted unpickler only, never plain pickle."""
+    try:
+        import torch
+    except ImportError as err:
+        raise ValueError(
+            f"{path!r} is a torch checkpoint; reading it safely needs torch installed "
+            "(torch.load(weights_only=True)). Or convert it to .safetensors."
+        ) from err
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path!r} refused: it holds objects other than tensors, which keras_vit will "
+            f"not unpickle (torch.load(weights_only=True) said: {str(err).splitlines()[0]})"
+        ) from err
+    except (RuntimeError, OSError, EOFError, ValueError, TypeError) as err:
+        raise ValueError(f"Cannot read torch checkpoint {path!r}: {err}") from err
+    for wrapper in ("state_dict", "model"):  # training checkpoints nest the weights
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state_dict.")
+    out = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path!r}: entry {key!r} is a {type(value).__name__}, not a tensor.")
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()  # bfloat16/half -> float32 (numpy has no bfloat16)
+        key = key[len("module.") :] if key.startswith("module.") else key  # DataParallel
+        out[key] = value.numpy()
+    return out
 
 
 def plan_assignments(model, state_dict, source="checkpoint", reset_head=False):
@@ -107,8 +175,8 @@ def load_state_dict(model, state_dict, source="state_dict", reset_head=False):
 def load_weights(model, source, reset_head=False):
     """Load weights into an existing model, all or nothing.
 
-    `source`: a timm `state_dict` as `.safetensors`, a Keras `.weights.h5`, or a dict of
-    arrays in timm layout.
+    `source`: any format `read_state_dict` reads (timm `.safetensors`/`.pth`, a Hugging Face
+    directory, a ViT `.npz`), a Keras `.weights.h5`, or a dict of arrays in timm layout.
     """
     if isinstance(source, dict):
         return load_state_dict(model, source, "the given state_dict", reset_head)

@@ -6,6 +6,7 @@ Families register their variants here when `keras_vit.models` is imported; archi
 
 import difflib
 import fnmatch
+import inspect
 import logging
 from dataclasses import dataclass, field
 
@@ -77,8 +78,13 @@ def create_model(
 
     Args:
         name: a registered name (`keras_vit.list_models()`), with an optional `.tag`.
-        weights: None (random init) or a local checkpoint file: a timm `state_dict` saved as
-            `.safetensors`, or Keras `.weights.h5`.
+        weights: None (random init); `"pretrained"`: the published checkpoint of `name`'s tag
+            (its default tag without one; `keras_vit.list_pretrained()`), downloaded,
+            verified and cached on first use (`keras_vit.pretrained.download`); or a local
+            checkpoint: timm `.safetensors` / `.pth` (torch `weights_only` only), a Hugging
+            Face `save_pretrained` directory, a ViT `.npz`, or Keras `.weights.h5`.
+            The tag (or the default tag) sets `num_classes`, `mean` and `std` unless given,
+            and the model keeps it as `model.pretrained_cfg`.
         num_classes: classifier width; 0 returns the pooled features (timm's pre-logits).
             When it differs from the checkpoint's, the backbone loads and the head starts fresh.
         image_size: int or (height, width), a multiple of the patch size; checkpoints made for
@@ -89,7 +95,11 @@ def create_model(
         **kwargs: any other constructor argument of the family's class.
     """
     spec = get_spec(name)
+    pretrained_cfg = _pretrained_cfg(spec, split_name(name)[1])
     config = {**spec.arch, **spec.defaults}
+    if pretrained_cfg is not None:  # the tag's classes and normalisation, where the class has them
+        params = _init_params(spec.cls)
+        config.update({k: v for k, v in pretrained_cfg.model_defaults().items() if k in params})
     overrides = dict(kwargs)
     if num_classes is not None:
         overrides["num_classes"] = num_classes
@@ -103,9 +113,39 @@ def create_model(
         overrides["drop_path_rate"] = drop_path_rate
     config.update(overrides)
     config["include_preprocessing"] = include_preprocessing
+    if weights == "pretrained":
+        if pretrained_cfg is None:
+            raise ValueError(
+                f"No pretrained checkpoint is registered for {spec.name!r}; see "
+                "keras_vit.list_pretrained()."
+            )
+        from keras_vit.pretrained import checkpoint_path
+
+        weights = checkpoint_path(pretrained_cfg)  # before building: a failure costs nothing
     model = spec.cls(**config, name=spec.name)
     if weights is not None:
         from keras_vit.loading import load_weights
 
         load_weights(model, weights, reset_head=num_classes is not None)
+    model.pretrained_cfg = pretrained_cfg
     return model
+
+
+def _init_params(cls):
+    """Names the constructor accepts, following `**kwargs` up the class hierarchy."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names.update(p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def _pretrained_cfg(spec, tag):
+    """The tag's checkpoint config (the default tag's if None); None if nothing is published."""
+    from keras_vit.pretrained import resolve_cfg
+
+    return resolve_cfg(spec.name, tag)

@@ -266,15 +266,6 @@ _VARIANTS = [
     ("large", 14, 224),
     ("huge", 14, 224),
 ]
-# Where timm's default tag differs from the usual in1k classifier: these variants' first
-# published weights are feature-only (orig_in21k, DINO), so timm builds them headless.
-_DEFAULT_TAG_OVERRIDES = {
-    "vit_huge_patch14_224": dict(num_classes=0),  # .orig_in21k
-    "vit_large_patch32_224": dict(num_classes=0),  # .orig_in21k
-    "vit_small_patch8_224": dict(  # .dino
-        num_classes=0, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD
-    ),
-}
 for _size, _patch, _res in _VARIANTS:
     _name = f"vit_{_size}_patch{_patch}_{_res}"
     register_model(
@@ -282,10 +273,9 @@ for _size, _patch, _res in _VARIANTS:
         VisionTransformer,
         family="vit",
         arch=dict(_SIZES[_size], patch_size=_patch, image_size=_res),
-        **{
-            "num_classes": 1000,
-            "mean": IMAGENET_INCEPTION_MEAN,
-            "std": IMAGENET_INCEPTION_STD,
-            **_DEFAULT_TAG_OVERRIDES.get(_name, {}),
-        },
+        # weight-free defaults; a variant's default checkpoint tag (keras_vit/pretrained/
+        # checkpoints.json) overrides them, e.g. the headless .dino / .orig_in21k variants
+        num_classes=1000,
+        mean=IMAGENET_INCEPTION_MEAN,
+        std=IMAGENET_INCEPTION_STD,
     )
