@@ -1,8 +1,20 @@
 """keras_vit: a Keras 3 model zoo for vision transformers, numerically identical to timm."""
 
+from keras_vit.convert.api import convert
 from keras_vit.loading import load_weights
+from keras_vit.pretrained import get_pretrained_cfg, list_pretrained
 from keras_vit.registry import create_model, list_models
+from keras_vit.training import DeiTDistiller
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "list_models", "load_weights", "__version__"]
+__all__ = [
+    "DeiTDistiller",
+    "convert",
+    "create_model",
+    "get_pretrained_cfg",
+    "list_models",
+    "list_pretrained",
+    "load_weights",
+    "__version__",
+]
