@@ -12,6 +12,7 @@ import sys
 # subcommand -> module; each issue adds its own line
 COMMANDS = {
     "list": "keras_vit.commands.list_models",
+    "convert": "keras_vit.commands.convert",
 }
 
 
