@@ -95,7 +95,7 @@ def read_npz(path):
     path = os.fspath(path)
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError) as err:  # not a zip, truncated, ...
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # not a zip, truncated
         raise ValueError(f"Cannot read .npz file {path!r}: {err}") from err
     with npz:
         try:
