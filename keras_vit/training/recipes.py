@@ -1,0 +1,248 @@
+"""The DeiT training recipe (Touvron et al. 2021, Table 9) from Keras core layers.
+
+Augmentation (RandAugment, random erasing, MixUp or CutMix per batch, horizontal flip) runs in
+the tf.data pipeline on the host: Keras's RandAugment needs `ImageProjectiveTransformV3` and
+MixUp/CutMix a Gamma sampler, which XLA cannot compile, and on a TPU the input pipeline runs on
+the host anyway. The train step (student, teacher, distiller loss, AdamW update) is what
+compiles with `jit_compile=True`.
+
+Every batch draws its randomness from a stateless `(2,)` seed (`augment(images, labels,
+seed)`), so augmentation is reproducible under parallel `map` and after a resume.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+import keras
+from keras.src.random.seed_generator import SeedGenerator
+
+# DeiT: lr = 5e-4 * global_batch / 512
+REFERENCE_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every knob of a training run; `recipe_for` fills per-size defaults, `replace` overrides.
+
+    Fields mirror DeiT's `main.py` flags: `rand_augment_ops`/`rand_augment_magnitude`
+    (`rand-m9-mstd0.5`: 2 ops, magnitude 9/10), `erasing_prob` (`--reprob`), `mixup_alpha`,
+    `cutmix_alpha`, `mix_prob`, `switch_prob`, `label_smoothing` (`--smoothing`), `lr` (per
+    512 images), `min_lr`, `warmup_lr`, `weight_decay`, `warmup_epochs`, `drop_path_rate`,
+    `ema`/`ema_momentum` (`--model-ema`), `clip_norm`, and the distillation weights.
+    """
+
+    rand_augment_ops: int = 2  # 0 turns RandAugment off
+    rand_augment_magnitude: float = 0.9
+    hflip: bool = True
+    erasing_prob: float = 0.25
+    mixup_alpha: float = 0.8  # 0 turns MixUp off
+    cutmix_alpha: float = 1.0  # 0 turns CutMix off
+    mix_prob: float = 1.0  # probability a batch is mixed at all
+    switch_prob: float = 0.5  # probability a mixed batch uses CutMix rather than MixUp
+    label_smoothing: float = 0.1
+    lr: float = 5e-4
+    scale_lr_with_batch: bool = True  # lr * global_batch / 512
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_epochs: float = 5.0
+    drop_path_rate: float = 0.1
+    ema: bool = False
+    ema_momentum: float = 0.99996
+    clip_norm: float = None
+    distillation_alpha: float = 0.5
+    distillation_temperature: float = 1.0
+
+    def replace(self, **overrides):
+        """A copy with `overrides`; an unknown knob is a ValueError naming it."""
+        known = {f.name for f in dataclasses.fields(self)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise ValueError(f"Unknown recipe knob(s) {bad}; known: {sorted(known)}.")
+        return dataclasses.replace(self, **overrides)
+
+    def __post_init__(self):
+        for name in ("erasing_prob", "mix_prob", "switch_prob", "distillation_alpha"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"Recipe `{name}` must be in [0, 1], got {value!r}.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(
+                f"Recipe `label_smoothing` must be in [0, 1), got {self.label_smoothing!r}."
+            )
+        for name in ("lr", "weight_decay", "warmup_epochs", "mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Recipe `{name}` must be >= 0, got {getattr(self, name)!r}.")
+        if self.rand_augment_ops < 0 or not 0 <= self.rand_augment_magnitude <= 1:
+            raise ValueError(
+                f"RandAugment needs ops >= 0 and magnitude in [0, 1], got "
+                f"{self.rand_augment_ops!r}, {self.rand_augment_magnitude!r}."
+            )
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(
+                f"Recipe `drop_path_rate` must be in [0, 1), got {self.drop_path_rate!r}."
+            )
+
+    @property
+    def mixes(self):
+        return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+    def learning_rate(self, global_batch):
+        return self.lr * global_batch / REFERENCE_BATCH if self.scale_lr_with_batch else self.lr
+
+
+# Stochastic depth grows with capacity (DeiT: 0.1 for Ti/S/B; DeiT III: 0.2-0.5 for L/H);
+# the tiny model underfits ImageNet, so it trains with less regularisation.
+_SIZE_OVERRIDES = {
+    "tiny": dict(drop_path_rate=0.0),
+    "small": dict(drop_path_rate=0.1),
+    "base": dict(drop_path_rate=0.1),
+    "large": dict(drop_path_rate=0.3),
+    "huge": dict(drop_path_rate=0.5),
+}
+# Small data, small models, few epochs (the offline `digits` demo): no image-level
+# augmentation (digits are not flip-invariant, 8x8 sources leave little to RandAugment), a
+# fixed lr, one warmup epoch.
+SMALL_DATA = dict(
+    rand_augment_ops=0,
+    hflip=False,
+    erasing_prob=0.0,
+    mixup_alpha=0.0,
+    cutmix_alpha=0.0,
+    mix_prob=0.0,
+    lr=1e-3,
+    scale_lr_with_batch=False,
+    min_lr=1e-5,
+    warmup_epochs=1.0,
+    weight_decay=0.05,
+    drop_path_rate=0.0,
+)
+
+
+def recipe_for(model_name=None, dataset=None, **overrides):
+    """DeiT's recipe with the defaults for `model_name`'s size (`tiny`/`small`/`base`/...
+    found in the name), the small-data preset for `dataset="digits"`, then `overrides`."""
+    recipe = Recipe()
+    if dataset == "digits":
+        recipe = recipe.replace(**SMALL_DATA)
+    elif isinstance(model_name, str):
+        for size, knobs in _SIZE_OVERRIDES.items():
+            if f"_{size}_" in f"_{model_name.split('.')[0]}_":
+                recipe = recipe.replace(**knobs)
+                break
+    return recipe.replace(**overrides)
+
+
+def make_optimizer(recipe, global_batch, steps_per_epoch, epochs, model=None):
+    """AdamW with linear warmup to the peak lr and cosine decay to `min_lr` (per step).
+
+    Biases, norms, position embeddings and tokens get no weight decay (timm's
+    `no_weight_decay` plus 1-D parameters) when `model` is given.
+    """
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(int(round(recipe.warmup_epochs * steps_per_epoch)), total - 1)
+    peak = recipe.learning_rate(global_batch)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=min(recipe.warmup_lr, peak) if warmup else peak,
+        decay_steps=total - warmup,
+        alpha=min(recipe.min_lr / peak, 1.0) if peak else 0.0,
+        warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
+    )
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule,
+        weight_decay=recipe.weight_decay,
+        use_ema=recipe.ema,
+        ema_momentum=recipe.ema_momentum,
+        global_clipnorm=recipe.clip_norm,
+    )
+    if model is not None:
+        no_decay = [
+            v
+            for v in model.trainable_variables
+            if len(v.shape) <= 1
+            or v.path.split("/")[-2] in ("cls_token", "dist_token", "pos_embed")
+        ]
+        optimizer.exclude_from_weight_decay(var_list=no_decay)
+    return optimizer
+
+
+class _StatelessSeed(SeedGenerator):
+    """Stands in for a layer's `SeedGenerator` while it is traced into a tf.data function:
+    each draw gets `fold_in(seed, k)` for the k-th draw of the trace, with `seed` a tensor that
+    differs per batch, instead of incrementing a shared variable (racy under parallel map,
+    and reset by a restart)."""
+
+    def __init__(self, seed):  # no super().__init__: no state variable to create
+        self._seed = seed
+        self._draws = 0
+
+    def next(self, ordered=True):
+        import tensorflow as tf
+        from keras.src.backend import random_seed_dtype
+
+        self._draws += 1
+        return tf.cast(
+            tf.random.experimental.stateless_fold_in(self._seed, self._draws),
+            random_seed_dtype(),
+        )
+
+
+def _stateless(layer, seed):
+    """Point `layer`'s generator (and so its draws) at `seed` for the trace being built."""
+    # (a SeedGenerator subclass because keras.random's draw_seed accepts only those)
+    object.__setattr__(layer, "generator", _StatelessSeed(seed))  # bypass Keras's tracking
+
+
+def make_augmentation(recipe, num_classes):
+    """`fn(images, labels, seed) -> (images, labels)` on a batch of 0..255 NHWC images and
+    one-hot labels, or None when the recipe augments nothing. `seed`: `(2,)` int64."""
+    import tensorflow as tf
+
+    stages = []  # image layers, applied in order
+    if recipe.hflip:
+        stages.append(keras.layers.RandomFlip("horizontal"))
+    if recipe.rand_augment_ops:
+        stages.append(
+            keras.layers.RandAugment(
+                value_range=(0, 255),
+                num_ops=recipe.rand_augment_ops,
+                factor=recipe.rand_augment_magnitude,
+            )
+        )
+    if recipe.erasing_prob:
+        stages.append(keras.layers.RandomErasing(factor=recipe.erasing_prob, value_range=(0, 255)))
+    mixup = keras.layers.MixUp(alpha=recipe.mixup_alpha) if recipe.mixup_alpha else None
+    cutmix = keras.layers.CutMix(factor=recipe.cutmix_alpha) if recipe.cutmix_alpha else None
+    if not stages and not recipe.mixes:
+        return None
+
+    def augment(images, labels, seed):
+        seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in range(len(stages) + 3)]
+        for layer, s in zip(stages, seeds):
+            _stateless(layer, s)
+            images = layer(images, training=True)
+        if not recipe.mixes:
+            return images, labels
+        batch = {"images": images, "labels": labels}
+
+        def apply(layer, s):
+            _stateless(layer, s)
+            out = layer(batch, training=True)
+            return out["images"], tf.cast(out["labels"], labels.dtype)
+
+        u = tf.random.stateless_uniform((2,), seeds[-3])  # [mix at all?, cutmix or mixup?]
+        mixed = (
+            (lambda: apply(cutmix, seeds[-2]))
+            if mixup is None
+            else (lambda: apply(mixup, seeds[-1]))
+            if cutmix is None
+            else lambda: tf.cond(
+                u[1] < recipe.switch_prob,
+                lambda: apply(cutmix, seeds[-2]),
+                lambda: apply(mixup, seeds[-1]),
+            )
+        )
+        return tf.cond(u[0] < recipe.mix_prob, mixed, lambda: (images, labels))
+
+    return augment

@@ -1,0 +1,290 @@
+"""`keras_vit.train(...)`, the function behind `keras-vit train`: data, recipe, strategy,
+distiller, `fit`, and a backup that makes the same call resume after a crash.
+
+What runs where: the tf.data pipeline (decode, resize, augmentation, MixUp/CutMix) runs on the
+host CPU threads; the train step (student forward, teacher forward, DeiT loss, AdamW update)
+is one XLA program (`jit_compile=True`), replicated by the strategy.
+
+Resuming: `keras.callbacks.BackupAndRestore` keeps weights, optimizer state and the epoch in
+`DIR/backup` at every epoch end. Run again, the call restores them; the data of epoch `e`
+depends only on `(seed, e)` and the dropout/drop-path generators are re-keyed per epoch
+(`EpochRNG`), so the resumed run ends with the weights of an uninterrupted one.
+"""
+
+import json
+import logging
+import os
+
+import keras
+
+from keras_vit.training.recipes import Recipe, make_augmentation, make_optimizer, recipe_for
+
+logger = logging.getLogger("keras_vit")
+
+DISTILLATION_CHOICES = ("hard", "soft", "none")
+CONVNET = "convnet"  # the built-in small convnet (the default teacher on digits)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return value
+
+
+def _backup_metadata_epoch(backup_dir):
+    """The epoch BackupAndRestore will resume at (0 without a backup)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f)["epoch"])
+
+
+def _build_model(model, num_classes, image_size, recipe, dataset):
+    from keras_vit.training.small_models import DIGITS_IMAGE_SIZE, digits_student, small_convnet
+
+    if isinstance(model, keras.Model):
+        return model
+    if model is None:
+        if dataset != "digits":
+            raise ValueError(
+                f"--model is required on dataset {dataset!r} (only 'digits' has a default)."
+            )
+        return digits_student(
+            num_classes, image_size or DIGITS_IMAGE_SIZE, drop_path_rate=recipe.drop_path_rate
+        )
+    if model == CONVNET:
+        return small_convnet(num_classes, image_size or DIGITS_IMAGE_SIZE)
+    from keras_vit.registry import create_model
+
+    return create_model(
+        model, num_classes=num_classes, image_size=image_size, drop_path_rate=recipe.drop_path_rate
+    )
+
+
+def _load_teacher(teacher, num_classes, image_size):
+    if isinstance(teacher, keras.Model):
+        return teacher
+    if isinstance(teacher, str) and (teacher.endswith(".keras") or os.path.sep in teacher):
+        if not os.path.exists(teacher):
+            raise FileNotFoundError(f"Teacher file {teacher!r} does not exist.")
+        return keras.saving.load_model(teacher, compile=False)
+    from keras_vit.registry import create_model
+
+    logger.warning("Teacher %r is built from the registry with random weights.", teacher)
+    return create_model(teacher, num_classes=num_classes, image_size=image_size)
+
+
+def train(
+    model=None,
+    dataset="digits",
+    output=None,
+    teacher=None,
+    distillation=None,
+    epochs=None,
+    batch_size=None,
+    image_size=None,
+    mixed_precision=False,
+    strategy="auto",
+    seed=0,
+    data_dir=None,
+    recipe=None,
+    val_fraction=0.2,
+    steps_per_execution=1,
+    jit_compile=True,
+    verbose="auto",
+):
+    """Train (or distil) a model and write `output/model.keras` and `output/metrics.json`.
+
+    Args:
+        model: a registered name (`deit_small_distilled_patch16_224`), `"convnet"` (the small
+            built-in CNN), a `keras.Model`, or None on `digits` (a small distilled DeiT).
+        dataset: `"digits"` (built in, offline), a folder of class subfolders, or a TFDS name.
+        output: the run's folder (required); also holds the backup a rerun resumes from.
+        teacher: a `.keras` file, a registered name, a `keras.Model`, or None. On `digits`
+            without `model` and `teacher`, a small convnet teacher is trained first into
+            `output/teacher` (itself resumable).
+        distillation: `"hard"`, `"soft"` or `"none"`; default hard when the student has a
+            distillation head and a teacher is available, else none.
+        epochs, batch_size: default 15 and 64 on digits, else 300 and 256 (DeiT). The batch is
+            global: a strategy splits it across replicas.
+        image_size: the student's input size (default: the model's / 32 on digits).
+        mixed_precision: bfloat16 compute on CPU/TPU, float16 with loss scaling on GPU.
+        strategy: `auto|one|mirrored|multiworker|tpu` or a `tf.distribute.Strategy`.
+        seed: initial weights, data order, augmentation, dropout.
+        data_dir: TFDS data directory.
+        recipe: a `Recipe`, or a dict of knobs overriding `recipe_for(model, dataset)`.
+        val_fraction: held-out fraction when the source has no validation split.
+        jit_compile: compile the train step with XLA (the TPU path). (Not combined with
+            `tf.config.experimental.enable_op_determinism()`, which makes Keras drop XLA;
+            reproducibility comes from seeds: XLA on CPU reduces in a fixed order.)
+
+    Returns the final validation metrics (the dict written to `metrics.json`).
+    """
+    import tensorflow as tf
+
+    from keras_vit.data import load_splits
+    from keras_vit.training.strategy import get_strategy
+
+    if not output:
+        raise ValueError(f"`output` (the run's folder) is required, got {output!r}.")
+    if distillation is not None and distillation not in DISTILLATION_CHOICES:
+        raise ValueError(
+            f"`distillation` must be one of {DISTILLATION_CHOICES}, got {distillation!r}."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"`seed` must be an int, got {seed!r}.")
+    strat = strategy if isinstance(strategy, tf.distribute.Strategy) else get_strategy(strategy)
+    splits = load_splits(dataset, data_dir=data_dir, val_fraction=val_fraction)
+    previous_policy = keras.config.dtype_policy()
+    if mixed_precision:
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+        keras.config.set_dtype_policy("mixed_float16" if gpu else "mixed_bfloat16")
+    try:
+        common = dict(
+            dataset=dataset,
+            splits=splits,
+            epochs=epochs,
+            batch_size=batch_size,
+            strat=strat,
+            seed=seed,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            verbose=verbose,
+        )
+        default_pair = model is None and dataset == "digits"
+        if teacher is None and default_pair and distillation in (None, "hard", "soft"):
+            teacher_dir = os.path.join(output, "teacher")
+            teacher_file = os.path.join(teacher_dir, "model.keras")
+            if not os.path.exists(os.path.join(teacher_dir, "metrics.json")):
+                _fit_one(
+                    CONVNET,
+                    output=teacher_dir,
+                    teacher=None,
+                    distillation="none",
+                    image_size=image_size,
+                    recipe=recipe,
+                    **common,
+                )
+            teacher = teacher_file
+        return _fit_one(
+            model,
+            output=output,
+            teacher=teacher,
+            distillation=distillation,
+            image_size=image_size,
+            recipe=recipe,
+            **common,
+        )
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _fit_one(
+    model,
+    *,
+    dataset,
+    splits,
+    output,
+    teacher,
+    distillation,
+    epochs,
+    batch_size,
+    image_size,
+    strat,
+    seed,
+    recipe,
+    steps_per_execution,
+    jit_compile,
+    verbose,
+):
+    from keras_vit.data import eval_dataset, preprocessing_for, train_dataset
+    from keras_vit.training import DeiTDistiller
+    from keras_vit.training.callbacks import EpochRNG, ProgressFile
+    from keras_vit.training.strategy import is_chief, task_id
+
+    digits = dataset == "digits"
+    epochs = _positive_int("epochs", epochs if epochs is not None else (15 if digits else 300))
+    batch_size = _positive_int(
+        "batch_size", batch_size if batch_size is not None else (64 if digits else 256)
+    )
+    name = model if isinstance(model, str) else getattr(model, "name", None)
+    if not isinstance(recipe, Recipe):
+        recipe = recipe_for(name, dataset, **(recipe or {}))
+    chief = is_chief()
+    task_type, index = task_id()
+    backup_dir = os.path.join(output, "backup" if chief else f"backup_{task_type}_{index}")
+    initial_epoch = min(_backup_metadata_epoch(backup_dir), epochs)
+    os.makedirs(output, exist_ok=True)
+
+    keras.utils.set_random_seed(seed)  # initial weights and generator seeds of this run
+    with strat.scope():
+        student = _build_model(model, splits.num_classes, image_size, recipe, dataset)
+        teacher_model = None
+        if teacher is not None:
+            teacher_model = _load_teacher(teacher, splits.num_classes, image_size)
+        two_heads = hasattr(type(student), "heads_model")
+        if distillation is None:
+            distillation = "hard" if (two_heads and teacher_model is not None) else "none"
+        distiller = DeiTDistiller(
+            student,
+            teacher_model if distillation != "none" else None,
+            distillation=distillation,
+            alpha=recipe.distillation_alpha,
+            temperature=recipe.distillation_temperature,
+            label_smoothing=recipe.label_smoothing,
+        )
+        prep = preprocessing_for(student)
+        train_ds, steps = train_dataset(
+            splits,
+            prep,
+            batch_size,
+            seed,
+            epochs,
+            initial_epoch=initial_epoch,
+            augment=make_augmentation(recipe, splits.num_classes),
+            one_hot=recipe.mixes,
+        )
+        optimizer = make_optimizer(recipe, batch_size, steps, epochs, model=student)
+        distiller.compile(
+            optimizer=optimizer, jit_compile=jit_compile, steps_per_execution=steps_per_execution
+        )
+    callbacks = [
+        keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
+        EpochRNG(seed),
+    ]
+    if chief:
+        callbacks.append(ProgressFile(os.path.join(output, "progress.json")))
+    history = distiller.fit(
+        train_ds,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        initial_epoch=initial_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    # (with `recipe.ema`, fit ends by writing the averaged weights into the model: evaluated
+    # and saved is the EMA model, as DeiT reports it)
+    results = distiller.evaluate(
+        eval_dataset(splits, prep, batch_size), return_dict=True, verbose=0
+    )
+    metrics = {"val_" + k: float(v) for k, v in results.items()}
+    metrics.update(
+        model=student.name,
+        teacher=None if teacher_model is None else teacher_model.name,
+        distillation=distillation,
+        dataset=dataset,
+        epochs=epochs,
+        resumed_from_epoch=initial_epoch,
+        batch_size=batch_size,
+        seed=seed,
+        num_train=splits.num_train,
+        num_val=splits.num_val,
+        replicas=strat.num_replicas_in_sync,
+        train_loss=float(history.history["loss"][-1]) if history.history.get("loss") else None,
+    )
+    if chief:  # one writer: the chief (or worker 0); the others keep only their backups
+        student.save(os.path.join(output, "model.keras"))
+        with open(os.path.join(output, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+    return metrics
