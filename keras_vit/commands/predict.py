@@ -1,0 +1,50 @@
+HELP = "Classify images with a model: the top-k classes and their probabilities."
+EPILOG = """examples:
+  keras-vit predict cat.jpg dog.png --model deit_small_patch16_224.fb_in1k --top 3
+  keras-vit predict photos/*.jpg --model vit_base_patch16_224 --weights vit_b16.safetensors
+  keras-vit predict cat.jpg --weights my_model.keras
+
+Images are decoded and resized to the model's input size exactly as the exported SavedModel's
+`serve_image_bytes` signature does, so both give the same answer."""
+
+BATCH = 16
+
+
+def add_arguments(parser):
+    from keras_vit.cli import add_model_arguments
+
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG, BMP or GIF files")
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--top", type=int, default=5, metavar="K", help="classes to show per image (default 5)"
+    )
+
+
+def run(args):
+    from keras_vit.cli import load_model, progress
+    from keras_vit.commands._images import load_images, read_image_bytes
+
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1, got {args.top}.")
+    for path in args.images:  # a typo fails before the model is built
+        read_image_bytes(path)
+    model = load_model(args)
+
+    import tensorflow as tf
+
+    from keras_vit.export import input_size, resolve_class_names, serving_function
+
+    if getattr(model, "num_classes", 1) == 0:
+        raise ValueError(f"Model {model.name!r} has no classifier (num_classes=0).")
+    size = input_size(model)
+    names = resolve_class_names(model)
+    forward = tf.function(serving_function(model, args.top, names))
+    chunks = [args.images[i : i + BATCH] for i in range(0, len(args.images), BATCH)]
+    for chunk in progress(chunks, desc="predict"):
+        out = forward(tf.constant(load_images(chunk, size)))
+        ids, probs = out["top_k_ids"].numpy(), out["top_k_probabilities"].numpy()
+        for path, row_ids, row_probs in zip(chunk, ids, probs):
+            print(path)
+            for rank, (i, p) in enumerate(zip(row_ids, row_probs), 1):
+                label = f"  {names[i]}" if names else ""
+                print(f"  {rank}. {p:.4f}  class {i}{label}")

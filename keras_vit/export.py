@@ -1,0 +1,269 @@
+"""Export for serving: a SavedModel for TF Serving and a TFLite flatbuffer for phones.
+
+The SavedModel needs nothing but TensorFlow to load and run (TF Serving has no Python, no
+Keras): preprocessing, image decoding and the top-k lookup are all TensorFlow ops inside the
+graph. Two signatures, both with a dynamic batch:
+
+- `serving_default`: `images` float32 `[N, H, W, 3]`, RGB in 0..255. The model's own
+  normalisation is inside (added from its `mean`/`std` when the model was built with
+  `include_preprocessing=False`).
+- `serve_image_bytes`: `image_bytes` string `[N]`, each an encoded JPEG/PNG/BMP/GIF of any size
+  (the first frame of an animated GIF) -> RGB -> resized to `H x W` (bilinear, antialiased;
+  left untouched when already that size) -> the model. Bytes that do not decode fail the
+  request with `InvalidArgumentError`; the server keeps running.
+
+Outputs (a dict, the names TF Serving reports):
+- `logits` float32 `[N, C]`; `probabilities` float32 `[N, C]` (softmax of the logits);
+- `top_k_ids` int32 `[N, k]`, `top_k_probabilities` float32 `[N, k]`, best first;
+- `top_k_class_names` string `[N, k]`, when the model carries class names;
+- a headless model (`num_classes=0`) returns `features` float32 `[N, D]` only.
+
+TensorFlow is imported inside the functions, so `import keras_vit` stays backend-neutral.
+"""
+
+import os
+import tempfile
+
+TOP_K = 5
+QUANTIZATIONS = (None, "dynamic", "float16")
+
+
+# --- what the model is: input size, normalisation, class names -----------------------------
+def input_size(model):
+    """`(H, W)` of the model's image input."""
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] != 3:
+        raise ValueError(
+            f"Export needs a model with one image input of static shape (N, H, W, 3), got {shape}."
+        )
+    return int(shape[1]), int(shape[2])
+
+
+def _num_outputs(model):
+    shape = tuple(model.outputs[0].shape)
+    if len(model.outputs) != 1 or len(shape) != 2:
+        raise ValueError(f"Export needs one output of shape (N, C), got {model.outputs}.")
+    return int(shape[1])
+
+
+def _normalisation(model):
+    """`(mean, std)` the export must apply itself, or None when the model does it."""
+    if getattr(model, "include_preprocessing", True):
+        return None
+    return tuple(model.mean), tuple(model.std)
+
+
+def model_input(model, pixels):
+    """numpy pixels `(N, H, W, 3)` in 0..255 -> what `model` takes (normalised here when the
+    model was built with `include_preprocessing=False`)."""
+    import numpy as np
+
+    x = np.asarray(pixels, np.float32)
+    norm = _normalisation(model)
+    if norm is None:
+        return x
+    return (x / 255.0 - np.asarray(norm[0], np.float32)) / np.asarray(norm[1], np.float32)
+
+
+def resolve_class_names(model, class_names=None):
+    """Label names in output order: `class_names` if given, else the model's checkpoint's
+    (`model.pretrained_cfg`), else ImageNet-1k's for a 1000-class model; None otherwise."""
+    num_classes = _num_outputs(model) if getattr(model, "num_classes", 1) else 0
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"`class_names` has {len(class_names)} names but the model has "
+                f"{num_classes} classes."
+            )
+        return class_names
+    cfg = getattr(model, "pretrained_cfg", None)
+    names = getattr(cfg, "class_names", None)
+    if names is None and num_classes == 1000:
+        try:
+            from keras_vit.pretrained import class_names as shipped
+        except ImportError:
+            return None
+        names = shipped("imagenet-1k")
+    return list(names) if names is not None and len(names) == num_classes else None
+
+
+# --- TensorFlow pieces of the graph --------------------------------------------------------
+def decode_images(image_bytes, size):
+    """string `[N]` of encoded images -> float32 `[N, H, W, 3]` RGB in 0..255.
+
+    `tf.io.decode_image` reads JPEG, PNG, BMP and GIF (first frame with
+    `expand_animations=False`); grey and RGBA become RGB. Undecodable bytes raise
+    `InvalidArgumentError` from the op.
+    """
+    import tensorflow as tf
+
+    height, width = size
+
+    def one(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+        image = tf.cast(image, tf.float32)  # (h, w, 3)
+        same = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
+        image = tf.cond(
+            same,
+            lambda: image,  # already the input size: exact pixels, no resampling
+            lambda: tf.image.resize(image, (height, width), method="bilinear", antialias=True),
+        )
+        return tf.ensure_shape(image, (height, width, 3))
+
+    return tf.map_fn(
+        one, image_bytes, fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32)
+    )
+
+
+def serving_function(model, top_k=TOP_K, class_names=None):
+    """pixels float32 `[N, H, W, 3]` in 0..255 -> the output dict (see the module doc)."""
+    import tensorflow as tf
+
+    norm = _normalisation(model)
+    headless = getattr(model, "num_classes", 1) == 0
+    num_classes = _num_outputs(model)
+    k = min(top_k, num_classes)
+    names = None if class_names is None else tf.constant(class_names, tf.string)
+
+    def forward(pixels):
+        x = pixels
+        if norm is not None:  # the model takes normalised input: apply its mean/std here
+            mean = tf.constant(norm[0], tf.float32)
+            std = tf.constant(norm[1], tf.float32)
+            x = (x / 255.0 - mean) / std
+        out = tf.cast(model(x, training=False), tf.float32)  # (N, C)
+        if headless:
+            return {"features": out}
+        probs = tf.nn.softmax(out, axis=-1)
+        top_probs, top_ids = tf.math.top_k(probs, k=k)  # (N, k), best first
+        outputs = {
+            "logits": out,
+            "probabilities": probs,
+            "top_k_ids": top_ids,
+            "top_k_probabilities": top_probs,
+        }
+        if names is not None:
+            outputs["top_k_class_names"] = tf.gather(names, top_ids)  # (N, k) string
+        return outputs
+
+    return forward
+
+
+# --- SavedModel ----------------------------------------------------------------------------
+def export_saved_model(model, path, class_names=None, top_k=TOP_K):
+    """Write `model` as a SavedModel with the `serving_default` (pixels) and
+    `serve_image_bytes` (encoded images) signatures described in this module's doc.
+
+    Args:
+        model: a keras_vit model (or any Keras model with one `(N, H, W, 3)` input and one
+            `(N, C)` output), TensorFlow backend.
+        path: output directory.
+        class_names: label names in output order; default: the model's checkpoint's, or
+            ImageNet-1k's for a 1000-class model, else no `top_k_class_names` output.
+        top_k: how many best classes `top_k_*` report (capped at the number of classes).
+    Returns: `path`.
+    """
+    import keras
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"SavedModel export needs the TensorFlow backend, got {keras.backend.backend()!r} "
+            "(set KERAS_BACKEND=tensorflow)."
+        )
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"`top_k` must be a positive int, got {top_k!r}.")
+    size = input_size(model)
+    names = resolve_class_names(model, class_names)
+    forward = serving_function(model, top_k, names)
+
+    def serve_pixels(images):
+        return forward(images)
+
+    def serve_image_bytes(image_bytes):
+        return forward(decode_images(image_bytes, size))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        serve_pixels,
+        input_signature=[tf.TensorSpec((None, *size, 3), tf.float32, name="images")],
+    )
+    archive.add_endpoint(
+        "serve_image_bytes",
+        serve_image_bytes,
+        input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
+    )
+    archive.write_out(os.fspath(path), verbose=False)
+    return path
+
+
+# --- TFLite --------------------------------------------------------------------------------
+def export_tflite(model, path, quantization=None, batch_size=1):
+    """Write `model` as a TFLite flatbuffer with builtin ops only (no SELECT_TF_OPS / Flex).
+
+    The signature `serving_default` takes `images` float32 `[batch_size, H, W, 3]` in 0..255
+    (normalisation inside) and returns `logits` and `probabilities` `[batch_size, C]`
+    (`features` for a headless model).
+
+    Args:
+        quantization: None (float32 weights), "dynamic" (int8 weights, float activations) or
+            "float16" (float16 weights).
+        batch_size: static batch of the flatbuffer (1 for on-device use; None: dynamic).
+    Returns: `path`.
+    """
+    import keras
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}, got {quantization!r}.")
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"TFLite export needs the TensorFlow backend, got {keras.backend.backend()!r}."
+        )
+    size = input_size(model)
+    forward = serving_function(model, 1, None)
+
+    def serve(images):
+        out = forward(images)
+        return {k: v for k, v in out.items() if k in ("logits", "probabilities", "features")}
+
+    # Through a SavedModel, as Keras's own LiteRT export: `from_saved_model` freezes the
+    # variables into constants (`from_concrete_functions` kept them as resource variables).
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "serving_default",
+            serve,
+            input_signature=[tf.TensorSpec((batch_size, *size, 3), tf.float32, name="images")],
+        )
+        archive.write_out(tmp, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            tmp, signature_keys=["serving_default"]
+        )
+        # Builtin ops only: a phone runtime without the Flex delegate must run the file.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        flatbuffer = converter.convert()
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+    return path
+
+
+def tflite_op_names(path):
+    """Sorted names of the operators in a TFLite file (Flex ops show as `Flex...`)."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=os.fspath(path))
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+def select_ops(path):
+    """Operators of a TFLite file that are not TFLite builtins (SELECT_TF_OPS / custom)."""
+    return [n for n in tflite_op_names(path) if n.startswith("Flex") or n == "CUSTOM"]
