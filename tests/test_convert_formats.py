@@ -151,6 +151,35 @@ def test_hf_deit_with_teacher_matches_transformers(tmp_path):
     np.testing.assert_array_equal(_run(ours_bin, images), _run(ours, images))
 
 
+def test_hf_mobilevit_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    if "mobilevit_xxs" not in keras_vit.list_models("mobilevit_*"):
+        pytest.skip("MobileViT family not registered")
+    config = transformers.MobileViTConfig(  # mobilevit_xxs widths, 64 px
+        hidden_sizes=[64, 80, 96],
+        neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320],
+        expand_ratio=2.0,
+        num_labels=6,
+        image_size=64,
+    )
+    hf = _randomised_hf(transformers.MobileViTForImageClassification(config), seed=23)
+    hf.save_pretrained(tmp_path / "hf_mv")
+    images = structured_images(2, 64, 64, seed=4)
+    # HF MobileViT takes BGR (its processor flips RGB); the converted model takes RGB
+    expected = _hf_forward(hf, np.ascontiguousarray(images[:, ::-1]))
+    ours = _ours(tmp_path / "hf_mv", "mobilevit_xxs", num_classes=6, image_size=64)
+    diff = assert_parity(_run(ours, images), expected)
+    print(f"HF MobileViTForImageClassification: max |diff| {diff:.2e}")
+    report = keras_vit.convert(
+        tmp_path / "hf_mv",
+        "mobilevit_xxs",
+        tmp_path / "mv.weights.h5",
+        num_classes=6,
+        image_size=64,
+    )
+    assert report["format"] == "huggingface" and report["max_abs_diff"] <= 1e-4
+
+
 def test_convert_writes_after_checking_and_reloads(timm_vit, tmp_path):
     ref, path, images = timm_vit
     out = tmp_path / "vit.weights.h5"

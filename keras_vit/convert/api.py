@@ -118,8 +118,12 @@ def _hf_reference(source):
     path = os.fspath(source)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     ref = AutoModelForImageClassification.from_pretrained(folder).eval()
+    # HF MobileViT takes BGR (its processor flips RGB); keras_vit's converted model takes RGB
+    bgr = ref.config.model_type == "mobilevit"
 
     def forward(nchw):
+        if bgr:
+            nchw = np.ascontiguousarray(nchw[:, ::-1])
         with torch.no_grad():
             return ref(pixel_values=torch.from_numpy(nchw)).logits.numpy()
 

@@ -12,6 +12,9 @@ one rename table per family, so the rest of loading is the timm path.
 - HF ViT's LayerNorm epsilon defaults to 1e-12 where timm uses 1e-6; on these activations the
   difference is below 1e-6 in the logits, far inside the 1e-4 parity bound.
 - The pooler of a bare `ViTModel` (unused by the classifier) has no timm counterpart: dropped.
+- MobileViT (`MobileViTForImageClassification`): a rename table into timm's `mobilevit_*`
+  (ByobNet) keys; HF's BGR input convention is folded into the stem (see
+  `_mobilevit_to_timm`).
 """
 
 import json
@@ -84,26 +87,117 @@ def _vit_to_timm(state_dict, prefix):
     return out
 
 
-_FAMILIES = {"vit": ("vit.", _vit_to_timm), "deit": ("deit.", _vit_to_timm)}
+# --- MobileViT: HF names each conv "convolution" + "normalization"; timm "conv" + "bn" ---
+_MV_CONV = {  # HF layer -> timm module, inside a stage's MobileNetV2 (inverted residual) block
+    "expand_1x1": "conv1_1x1",
+    "conv_3x3": "conv2_kxk",
+    "reduce_1x1": "conv3_1x1",
+}
+_MV_BLOCK = {  # HF layer -> timm module, inside a stage's MobileViT block (timm: stages.S.1)
+    "conv_kxk": "conv_kxk",
+    "conv_1x1": "conv_1x1",
+    "layernorm": "norm",
+    "conv_projection": "conv_proj",
+    "fusion": "conv_fusion",
+}
+_MV_PART = {"convolution": "conv", "normalization": "bn"}
+_MV_LAYER = re.compile(
+    r"encoder\.layer\.(\d+)\.(?:layer\.(\d+)\.|(downsampling_layer)\.)?(\w+)\.(.+)$"
+)
+_MV_TRANSFORMER = re.compile(r"transformer\.layer\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def _mv_conv(rest):
+    """'convolution.weight' -> 'conv.weight'; 'normalization.running_mean' -> 'bn.running_mean'."""
+    part, _, leaf = rest.partition(".")
+    if part not in _MV_PART:
+        raise KeyError(rest)
+    return f"{_MV_PART[part]}.{leaf}"
+
+
+def _mobilevit_to_timm(state_dict, config):
+    """MobileViTForImageClassification -> timm `mobilevit_*` keys.
+
+    Stage S of HF is timm's `stages.S`: plain MobileNetV2 blocks `layer.J` -> `stages.S.J`;
+    in the MobileViT stages the `downsampling_layer` is `stages.S.0` and the rest of the stage
+    (local conv, transformer, fusion) is `stages.S.1`.
+
+    Channel order: HF MobileViT takes BGR (its image processor flips RGB to BGR, as the
+    original cvnets training did); keras_vit models take RGB. The stem convolution's input
+    channels are reversed so the converted model gives the same logits for the RGB image that
+    the HF model gives for its BGR input (exact: the conv is linear in its input channels and
+    MobileViT's normalisation treats all channels alike).
+    """
+    out, qkv = {}, {}
+    for key, value in state_dict.items():
+        k = key[len("mobilevit.") :] if key.startswith("mobilevit.") else key
+        if k.endswith("num_batches_tracked"):
+            continue
+        try:
+            if k.startswith("conv_stem."):
+                out["stem." + _mv_conv(k[len("conv_stem.") :])] = value
+            elif k.startswith("conv_1x1_exp."):
+                out["final_conv." + _mv_conv(k[len("conv_1x1_exp.") :])] = value
+            elif k.startswith("classifier."):
+                out["head.fc." + k[len("classifier.") :]] = value
+            else:
+                m = _MV_LAYER.match(k)
+                if not m:
+                    raise KeyError(k)
+                s, j, down, layer, rest = m.groups()
+                if j is not None or down:  # inverted residual block
+                    block = f"stages.{s}.{j if j is not None else 0}"
+                    out[f"{block}.{_MV_CONV[layer]}.{_mv_conv(rest)}"] = value
+                elif layer == "transformer":
+                    t = _MV_TRANSFORMER.match(f"{layer}.{rest}")
+                    if not t:
+                        raise KeyError(k)
+                    i, name, kind = t.groups()
+                    prefix = f"stages.{s}.1.transformer.{i}"
+                    if name in _QKV:
+                        qkv.setdefault((prefix, kind), [None] * 3)[_QKV[name]] = value
+                    else:
+                        out[f"{prefix}.{_BLOCK[name]}.{kind}"] = value
+                elif layer == "layernorm":
+                    out[f"stages.{s}.1.norm.{rest}"] = value
+                elif layer == "conv_1x1":  # a bare 1x1 conv: no norm, no bias
+                    out[f"stages.{s}.1.conv_1x1.{rest.partition('.')[2]}"] = value
+                else:
+                    out[f"stages.{s}.1.{_MV_BLOCK[layer]}.{_mv_conv(rest)}"] = value
+        except KeyError as err:
+            raise ValueError(f"Hugging Face tensor {key!r} has no timm counterpart.") from err
+    for (prefix, kind), parts in sorted(qkv.items()):
+        if any(p is None for p in parts):
+            raise ValueError(f"Hugging Face {prefix} lacks one of q/k/v {kind}.")
+        out[f"{prefix}.attn.qkv.{kind}"] = np.concatenate(parts, axis=0)
+    if "stem.conv.weight" in out:  # BGR -> RGB: reverse the input channels (O, I, kh, kw)
+        out["stem.conv.weight"] = np.ascontiguousarray(out["stem.conv.weight"][:, ::-1])
+    return out
+
+
+_FAMILIES = {
+    "vit": ("vit.", _vit_to_timm),
+    "deit": ("deit.", _vit_to_timm),
+    "mobilevit": (None, _mobilevit_to_timm),
+}
 
 
 def hf_to_timm(state_dict, config):
     """Rename a transformers state_dict (numpy arrays) into timm keys, by `config["model_type"]`."""
     model_type = config.get("model_type")
-    if model_type == "mobilevit":
-        from keras_vit.convert.huggingface_mobilevit import mobilevit_to_timm
-
-        return mobilevit_to_timm(state_dict, config)
     if model_type not in _FAMILIES:
         raise ValueError(
             f"Hugging Face model_type {model_type!r} is not supported; expected one of "
-            f"{sorted([*_FAMILIES, 'mobilevit'])}."
+            f"{sorted(_FAMILIES)}."
         )
     act = config.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise ValueError(f"Hugging Face hidden_act {act!r}: keras_vit uses exact GELU ('gelu').")
+    expected_act = "silu" if model_type == "mobilevit" else "gelu"
+    if act != expected_act:
+        raise ValueError(
+            f"Hugging Face hidden_act {act!r}: keras_vit's {model_type} uses {expected_act!r}."
+        )
     prefix, convert = _FAMILIES[model_type]
-    return convert(state_dict, prefix)
+    return convert(state_dict, config) if prefix is None else convert(state_dict, prefix)
 
 
 def is_hf_dir(path):
