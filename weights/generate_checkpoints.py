@@ -1,4 +1,5 @@
-"""Regenerate keras_vit/pretrained/checkpoints.json and imagenet1k_classes.txt from timm.
+"""Regenerate keras_vit/pretrained/checkpoints.json, imagenet1k_classes.txt and
+weights/manifest.csv from timm.
 
 The checkpoint registry is data taken from timm's own pretrained configs (`timm.list_pretrained`,
 `timm.models.get_pretrained_cfg`), for the architectures keras_vit registers: the 18 classic
@@ -118,6 +119,7 @@ def main():
     head = json.dumps({k: v for k, v in data.items() if k != "checkpoints"})[:-1]
     (OUT / "checkpoints.json").write_text(f'{head}, "checkpoints": [\n  {rows}\n]}}\n')
     write_classes()
+    write_manifest(checkpoints)
     counts = {f: sum(c["family"] == f for c in checkpoints) for f in FAMILIES}
     print(f"{len(checkpoints)} checkpoints: {counts}")
 
@@ -129,6 +131,17 @@ def _format_of(url):
         if url.endswith(ext):
             return fmt
     return "timm-safetensors" if url.endswith(".safetensors") else None
+
+
+def write_manifest(checkpoints):
+    """weights/manifest.csv: one row per checkpoint, for people (the package reads the JSON)."""
+    cols = ["name", "params", "size_mb", "top1", "num_classes", "license", "url", "origin_url",
+            "sha256"]  # fmt: skip
+    with open(ROOT / "weights" / "manifest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(cols)
+        for c in checkpoints:
+            writer.writerow(["" if c[k] is None else c[k] for k in cols])
 
 
 def write_classes():
