@@ -84,9 +84,13 @@ def _read_torch(path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # keep torch's specific reason ("Unsupported global: GLOBAL builtins.open"), not its
+        # advice to retry with weights_only=False
+        reason = [line for line in str(err).splitlines() if "WeightsUnpickler" in line]
         raise ValueError(
-            f"{path!r} refused: it holds objects other than tensors, which keras_vit will "
-            f"not unpickle (torch.load(weights_only=True) said: {str(err).splitlines()[0]})"
+            f"{path!r} refused: it is not a plain tensor checkpoint, and keras_vit does not "
+            "unpickle anything else (torch.load(weights_only=True) only)"
+            + (f": {reason[0].split(' was not')[0].strip()}" if reason else ".")
         ) from err
     except (RuntimeError, OSError, EOFError, ValueError, TypeError) as err:
         raise ValueError(f"Cannot read torch checkpoint {path!r}: {err}") from err
