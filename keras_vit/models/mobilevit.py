@@ -13,6 +13,8 @@ Layer names are timm's module paths (`stem/conv`, `stages_2_1/transformer_0/attn
 `final_conv/bn`, `head/fc`), so a timm state_dict loads through the generic map.
 """
 
+import re
+
 import keras
 import numpy as np
 
@@ -38,7 +40,7 @@ def _int_tuple(name, values, length=None):
     for v in values:
         positive_int(f"{name} entries", v)
     if length is not None and len(values) != length:
-        raise ValueError(f"`{name}` needs {length} entries, got {values}.")
+        raise ValueError(f"`{name}` needs {length} entries (one per stage), got {values}.")
     return values
 
 
@@ -97,7 +99,7 @@ class MobileViT(XLAByDefault, keras.Model):
         image_size = pair("image_size", image_size)
         channels = _int_tuple("channels", channels)
         n = len(channels)
-        depths = _int_tuple("depths", depths, n)
+        depths = _int_tuple("depths", depths, n)  # n: the stages, one per entry of `channels`
         strides = _int_tuple("strides", strides, n)
         transformer_dims = _int_tuple("transformer_dims", transformer_dims)
         transformer_depths = _int_tuple(
@@ -191,6 +193,17 @@ class MobileViT(XLAByDefault, keras.Model):
         self.in_channels = in_channels
         self._views = _Views(features=features)
 
+    def _resolve_auto_jit_compile(self):
+        # XLA's CPU depthwise convolution is about 100x slower than TensorFlow's own (oneDNN)
+        # kernel (8 x 128 x 128 x 64, 3x3: 790 ms against 8 ms), which makes the whole model
+        # ~8x slower under XLA on CPU; so "auto" is graph mode on TF without a GPU, XLA elsewhere.
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            if not tf.config.list_physical_devices("GPU"):
+                return False
+        return super()._resolve_auto_jit_compile()
+
     @property
     def feature_strides(self):
         """Output stride of each feature map of `feature_model()`: (2, 4, 8, 16, 32)."""
@@ -208,7 +221,11 @@ class MobileViT(XLAByDefault, keras.Model):
         return keras.Model(self.inputs, self._views.features, name=f"{self.name}_features")
 
     def adapt_checkpoint(self, state_dict):
-        """A backbone built with `features_only` has no head: classifier tensors are dropped."""
+        """Keys of timm's `features_only` model (`stages_2.1.` for `stages.2.1.`) are renamed;
+        a backbone built with `features_only` has no head, so classifier tensors are dropped."""
+        state_dict = {
+            re.sub(r"^stages_(\d+)\.", r"stages.\1.", k): v for k, v in state_dict.items()
+        }
         if self.features_only:
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
         return state_dict
