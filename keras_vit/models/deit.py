@@ -80,7 +80,7 @@ class DistilledVisionTransformer(VisionTransformer):
         cached = getattr(self._views, "heads_model", None)
         if cached is None:
             cached = keras.Model(
-                self.inputs,
+                self.input,  # the one image tensor, so calls take a tensor, not a list
                 [self._views.cls_logits, self._views.dist_logits],
                 name=f"{self.name}_heads",
             )
