@@ -5,6 +5,11 @@ The reference is timm's `vision_transformer._load_weights`; this writes the same
 timm's keys instead of copying them into a torch module. Flax layouts: Dense kernels are
 (in, out); the patch conv is HWIO; attention q/k/v kernels are (D, heads, head_dim) and the
 output kernel (heads, head_dim, D).
+
+At the checkpoint's own resolution the result equals timm's npz loader exactly. At another
+resolution keras_vit resamples the position embedding as timm does for every other format
+(`checkpoint_filter_fn`: bicubic, antialiased); timm's npz loader alone uses bilinear without
+antialias there, so the two differ slightly at a new resolution.
 """
 
 import os
