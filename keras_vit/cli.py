@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "list": "keras_vit.commands.list_models",
     "convert": "keras_vit.commands.convert",
+    "train": "keras_vit.commands.train",
 }
 
 

@@ -29,7 +29,8 @@ def small_convnet(num_classes, image_size=DIGITS_IMAGE_SIZE, name="small_convnet
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     for i, width in enumerate((32, 64, 128)):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        # momentum 0.9: a few hundred steps must be enough for the inference statistics
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
         if i < 2:
             x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)  # 32 -> 16 -> 8
