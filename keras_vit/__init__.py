@@ -4,7 +4,9 @@
 from keras_vit import _quiet_start  # noqa: F401  (first: quiet backend start under `keras-vit`)
 
 # isort: on
+from keras_vit.attention import attention_rollout, attention_weights, rollout_map
 from keras_vit.convert.api import convert
+from keras_vit.export import export_saved_model, export_tflite
 from keras_vit.loading import load_weights
 from keras_vit.pretrained import get_pretrained_cfg, list_pretrained
 from keras_vit.registry import create_model, list_models
@@ -15,12 +17,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DeiTDistiller",
+    "attention_rollout",
+    "attention_weights",
     "convert",
     "create_model",
+    "export_saved_model",
+    "export_tflite",
     "get_pretrained_cfg",
     "list_models",
     "list_pretrained",
     "load_weights",
+    "rollout_map",
     "train",
     "__version__",
 ]
