@@ -160,3 +160,19 @@ def test_bad_arguments_name_the_value():
         MobileViT(channels=(16, 24, 48))
     with pytest.raises(ValueError, match="-1"):
         keras_vit.create_model("mobilevit_xxs", num_classes=-1)
+
+
+def test_graph_mode_by_default_on_tensorflow_cpu_and_xla_on_request():
+    """XLA's CPU depthwise convolution is ~100x slower than TF's; "auto" avoids it there."""
+    import tensorflow as tf
+
+    model = keras_vit.create_model("mobilevit_xxs", image_size=64, transformer_depths=(1, 1, 1))
+    on_tf_cpu = keras.backend.backend() == "tensorflow" and not tf.config.list_physical_devices(
+        "GPU"
+    )
+    assert model.jit_compile is (not on_tf_cpu)
+    images = np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    default = model.predict_on_batch(images)
+    model.compile(jit_compile=True)  # an explicit choice wins
+    assert model.jit_compile is True
+    np.testing.assert_allclose(model.predict_on_batch(images), default, atol=1e-5)
