@@ -1,4 +1,4 @@
-"""The same model code runs on Keras's JAX backend and matches timm there too."""
+"""The same model code runs on Keras's JAX backend, without TensorFlow, and matches timm."""
 
 import json
 import os
@@ -12,7 +12,17 @@ timm = pytest.importorskip("timm")
 pytest.importorskip("jax")
 
 SCRIPT = """
-import json, sys
+import importlib.abc, json, sys
+
+
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    # as on the GPU host: JAX, no TensorFlow; `import keras_vit` must not need it
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ImportError(f"{name} is blocked in this test")
+
+
+sys.meta_path.insert(0, _NoTensorFlow())
 import numpy as np, keras
 import keras_vit
 assert keras.backend.backend() == "jax", keras.backend.backend()
@@ -21,6 +31,7 @@ model = keras_vit.create_model(
     "vit_tiny_patch16_224", depth=2, weights=sys.argv[1], include_preprocessing=False
 )
 np.save(sys.argv[3], np.asarray(model.predict_on_batch(images)))
+assert "tensorflow" not in sys.modules
 print(json.dumps({"backend": keras.backend.backend()}))
 """
 
