@@ -27,7 +27,7 @@ import keras_vit  # noqa: E402
 
 TEACHERS = {
     "resnet50": keras.applications.ResNet50,
-    "regnety008": keras.applications.RegNetY008,
+    "convnext_tiny": keras.applications.ConvNeXtTiny,
     "efficientnetb0": keras.applications.EfficientNetB0,
 }
 
@@ -55,9 +55,10 @@ def main():
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (args.batch, size, size, 3)).astype("float32")
     labels = rng.integers(0, classes, args.batch)
-    teacher = TEACHERS[args.teacher](weights=None, input_shape=(size, size, 3), classes=1000)
-    # keras.applications end in a softmax; DeiT's teacher gives logits
-    teacher.layers[-1].activation = keras.activations.linear
+    # DeiT's teacher gives logits: no softmax at the end
+    teacher = TEACHERS[args.teacher](
+        weights=None, input_shape=(size, size, 3), classes=classes, classifier_activation=None
+    )
     teacher.compile(jit_compile=True)
 
     # the student alone, trained on the labels (cross-entropy on its averaged output)
