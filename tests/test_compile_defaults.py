@@ -17,3 +17,12 @@ def test_xla_by_default_and_same_outputs_as_graph_mode():
     np.testing.assert_allclose(with_xla, without_xla, atol=1e-5)
     model.compile()
     assert model.jit_compile is (keras.backend.backend() in ("tensorflow", "jax"))
+
+
+def test_auto_keeps_keras_choice_under_a_strategy():
+    import tensorflow as tf
+
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = keras_vit.create_model("vit_tiny_patch16_224", depth=1, image_size=32)
+        model.compile(optimizer="sgd", loss="mse")
+    assert model.jit_compile is False  # XLA + MirroredStrategy fails on logical CPU replicas
