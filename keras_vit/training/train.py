@@ -40,6 +40,13 @@ def _backup_metadata_epoch(backup_dir):
         return int(json.load(f)["epoch"])
 
 
+def _cpu_replicas(strat):
+    """True for several replicas all on CPUs (logical devices of one host, or CPU workers)."""
+    if strat.num_replicas_in_sync < 2:
+        return False
+    return all("CPU" in d.upper() for d in strat.extended.worker_devices)
+
+
 def _build_model(model, num_classes, image_size, recipe, dataset):
     from keras_vit.training.small_models import DIGITS_IMAGE_SIZE, digits_student, small_convnet
 
@@ -198,10 +205,12 @@ def _fit_one(
     jit_compile,
     verbose,
 ):
+    import tensorflow as tf
+
     from keras_vit.data import eval_dataset, preprocessing_for, train_dataset
     from keras_vit.training import DeiTDistiller
     from keras_vit.training.callbacks import EpochRNG, ProgressFile
-    from keras_vit.training.strategy import is_chief, task_id
+    from keras_vit.training.strategy import is_chief, prepare_multiworker_fit, task_id
 
     digits = dataset == "digits"
     epochs = _positive_int("epochs", epochs if epochs is not None else (15 if digits else 300))
@@ -211,6 +220,12 @@ def _fit_one(
     name = model if isinstance(model, str) else getattr(model, "name", None)
     if not isinstance(recipe, Recipe):
         recipe = recipe_for(name, dataset, **(recipe or {}))
+    if jit_compile and _cpu_replicas(strat):
+        # XLA on CPU has no collectives ("Collectives are not yet implemented for CPU devices
+        # when compiling with XLA"), and compiles every logical CPU replica for the one host
+        # device, away from its variables (XLA known issues). GPU/TPU replicas keep XLA.
+        logger.warning("Several replicas on CPUs: the train step runs without XLA.")
+        jit_compile = False
     chief = is_chief()
     task_type, index = task_id()
     backup_dir = os.path.join(output, "backup" if chief else f"backup_{task_type}_{index}")
@@ -249,6 +264,8 @@ def _fit_one(
         distiller.compile(
             optimizer=optimizer, jit_compile=jit_compile, steps_per_execution=steps_per_execution
         )
+    if isinstance(strat, tf.distribute.MultiWorkerMirroredStrategy):
+        prepare_multiworker_fit(distiller, train_ds)  # Keras 3 workarounds, see there
     callbacks = [
         keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
         EpochRNG(seed),

@@ -1,0 +1,141 @@
+"""Strategies: the `auto` choice and the chief rule; Mirrored over two logical CPU devices
+equals one device for the same global batch; two MultiWorkerMirrored workers on 127.0.0.1
+both finish and only the chief writes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from keras_vit.training import strategy as S
+
+TIMEOUT = 300
+SMALL = [
+    "--dataset", "digits", "--distillation", "none", "--epochs", "1", "--batch-size", "64",
+    "--image-size", "16", "--seed", "3",
+]  # fmt: skip
+
+
+def _env(**extra):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def test_auto_picks_multiworker_only_for_a_cluster(monkeypatch):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert S._cluster_size(S._tf_config()) == 0
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+    )
+    assert S._cluster_size(S._tf_config()) == 2
+    assert S.task_id() == ("worker", 1) and not S.is_chief()
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    )
+    assert S.is_chief()  # worker 0 writes when the cluster has no chief
+    with_chief = {"chief": ["127.0.0.1:3"], **cluster}
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
+    )
+    assert not S.is_chief()
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        S._tf_config()
+
+
+def test_unknown_strategy_is_named():
+    with pytest.raises(ValueError, match="'gpu4'"):
+        S.get_strategy("gpu4")
+
+
+_MIRRORED = r"""
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np, keras, keras_vit
+out = {}
+for name in ("one", "mirrored"):
+    m = keras_vit.train(dataset="digits", output=sys.argv[1] + "/" + name, distillation="none",
+                        epochs=1, batch_size=64, image_size=16, seed=3, strategy=name, verbose=0,
+                        jit_compile=False)  # (XLA is off on logical CPUs; compare like with like)
+    w = keras.saving.load_model(sys.argv[1] + "/" + name + "/model.keras").weights
+    out[name] = dict(loss=m["train_loss"], replicas=m["replicas"], val=m["val_loss"],
+                     weights=[v.numpy().tolist() for v in w])
+a, b = out["one"], out["mirrored"]
+diff = max(float(np.max(np.abs(np.array(x) - np.array(y)))) for x, y in zip(a["weights"], b["weights"]))
+print(json.dumps(dict(loss=[a["loss"], b["loss"]], val=[a["val"], b["val"]],
+                      replicas=[a["replicas"], b["replicas"]], weight_diff=diff)))
+"""
+
+
+def test_mirrored_two_cpus_equals_one_device(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _MIRRORED, str(tmp_path)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(result)
+    assert result["replicas"] == [1, 2]
+    assert result["loss"][0] == pytest.approx(result["loss"][1], abs=1e-5)
+    # after 22 Adam steps: only the order of the gradient sum differs (two halves all-reduced)
+    assert result["weight_diff"] <= 1e-4
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_localhost_finish_and_chief_writes(tmp_path):
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        cmd = [sys.executable, "-m", "keras_vit", "train", *SMALL, "--strategy", "multiworker"]
+        procs.append(
+            subprocess.Popen(
+                [*cmd, "--output", str(tmp_path)],
+                env=_env(TF_CONFIG=json.dumps(config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=TIMEOUT))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    assert (tmp_path / "model.keras").exists()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["val_accuracy"] > 0
+    # both printed the same final metrics (one synchronous training), only the chief wrote
+    printed = [json.loads(out[out.index("{") :]) for out, _ in outputs]
+    assert printed[0]["train_loss"] == pytest.approx(printed[1]["train_loss"], abs=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("backup")) == [
+        "backup",
+        "backup_worker_1",
+    ]
