@@ -133,22 +133,28 @@ def recipe_for(model_name=None, dataset=None, **overrides):
     return recipe.replace(**overrides)
 
 
-def make_optimizer(recipe, global_batch, steps_per_epoch, epochs, model=None):
-    """AdamW with linear warmup to the peak lr and cosine decay to `min_lr` (per step).
-
-    Biases, norms, position embeddings and tokens get no weight decay (timm's
-    `no_weight_decay` plus 1-D parameters) when `model` is given.
-    """
+def make_schedule(recipe, global_batch, steps_per_epoch, epochs):
+    """Per-step lr: linear warmup from `warmup_lr` to the peak (`lr`, scaled by the global
+    batch / 512 as DeiT), then cosine decay to `min_lr` at the last step."""
     total = max(1, steps_per_epoch * epochs)
     warmup = min(int(round(recipe.warmup_epochs * steps_per_epoch)), total - 1)
     peak = recipe.learning_rate(global_batch)
-    schedule = keras.optimizers.schedules.CosineDecay(
+    return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=min(recipe.warmup_lr, peak) if warmup else peak,
         decay_steps=total - warmup,
         alpha=min(recipe.min_lr / peak, 1.0) if peak else 0.0,
         warmup_target=peak if warmup else None,
         warmup_steps=warmup,
     )
+
+
+def make_optimizer(recipe, global_batch, steps_per_epoch, epochs, model=None):
+    """AdamW on `make_schedule`, optional EMA of the weights, optional global-norm clipping.
+
+    Biases, norms, position embeddings and tokens get no weight decay (timm's
+    `no_weight_decay` plus 1-D parameters) when `model` is given.
+    """
+    schedule = make_schedule(recipe, global_batch, steps_per_epoch, epochs)
     optimizer = keras.optimizers.AdamW(
         learning_rate=schedule,
         weight_decay=recipe.weight_decay,
