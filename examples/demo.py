@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="runs/demo")
-    parser.add_argument("--seeds", default="0,1", help="comma-separated student seeds")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated student seeds")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--show", type=int, default=8, help="held-out digits to classify")
     args = parser.parse_args()
@@ -62,7 +62,9 @@ def main():
         accs = [r["val_accuracy"] for r in runs]
         spread = f" ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else ""
         each = ", ".join(f"{a:.4f}" for a in accs)
-        print(f"| {label:34s} | {params:>7s} | {statistics.mean(accs):.4f}{spread} | {each} |")
+        print(
+            f"| {label:32s} | {params:>6s} | {f'{statistics.mean(accs):.4f}{spread}':20s} | {each:22s} |"
+        )
 
     import keras
 
@@ -72,10 +74,8 @@ def main():
     t_model = keras.saving.load_model(teacher_file)
     n_s, n_t = f"{student.count_params() / 1e3:.0f}k", f"{t_model.count_params() / 1e3:.0f}k"
     print(f"\nvalidation accuracy on {teacher['num_val']} held-out digits (seeds {args.seeds}):\n")
-    print(
-        f"| {'model':34s} | {'params':>7s} | accuracy (mean{' ± sd' if len(seeds) > 1 else ''}) | per seed |"
-    )
-    print(f"|{'-' * 36}|{'-' * 9}|{'-' * 24}|{'-' * 10}|")
+    print(f"| {'model':32s} | {'params':>6s} | {'accuracy (mean ± sd)':20s} | {'per seed':22s} |")
+    print(f"|{'-' * 34}|{'-' * 8}|{'-' * 22}|{'-' * 24}|")
     row("teacher: small convnet", [teacher], n_t)
     row("student: DeiT, no teacher", plain, n_s)
     row("student: DeiT, hard distillation", hard, n_s)
