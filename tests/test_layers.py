@@ -114,3 +114,21 @@ def test_compute_output_shape_and_config_round_trip(layer, shape):
     clone(x)
     clone.set_weights(layer.get_weights())
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(x)), y)
+
+
+@pytest.mark.parametrize(
+    "kernel,strides,padding,use_bias",
+    [(3, 1, "same", False), (3, 2, "valid", True), (5, 1, "same", True), (2, 1, "same", False)],
+)
+def test_shift_add_depthwise_equals_keras_depthwise(kernel, strides, padding, use_bias):
+    x = np.random.default_rng(0).standard_normal((2, 13, 12, 6)).astype(np.float32)
+    ours = layers.ShiftAddDepthwiseConv2D(kernel, strides, padding=padding, use_bias=use_bias)
+    ref = keras.layers.DepthwiseConv2D(kernel, strides, padding=padding, use_bias=use_bias)
+    ref(x), ours(x)  # build both
+    rng = np.random.default_rng(1)
+    weights = [rng.standard_normal(w.shape).astype(np.float32) for w in ref.get_weights()]
+    ref.set_weights(weights)
+    ours.set_weights(weights)
+    y = keras.ops.convert_to_numpy(ours(x))
+    assert y.shape == tuple(ref.compute_output_shape(x.shape))
+    np.testing.assert_allclose(y, keras.ops.convert_to_numpy(ref(x)), atol=1e-5)

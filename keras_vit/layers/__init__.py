@@ -1,6 +1,7 @@
 """Reusable Keras 3 layers (keras.ops only; every backend), one concept per module."""
 
 from keras_vit.layers.attention import MultiHeadSelfAttention
+from keras_vit.layers.depthwise_conv import ShiftAddDepthwiseConv2D
 from keras_vit.layers.drop_path import DropPath
 from keras_vit.layers.layer_scale import LayerScale
 from keras_vit.layers.mlp import Mlp
@@ -32,6 +33,7 @@ __all__ = [
     "PatchEmbedding",
     "PositionEmbedding",
     "PrependToken",
+    "ShiftAddDepthwiseConv2D",
     "SqueezeExcite",
     "TransformerBlock",
     "fold_patches",

@@ -10,6 +10,7 @@ import math
 import keras
 
 from keras_vit.layers._validation import pair, positive_int, rate
+from keras_vit.layers.depthwise_conv import ShiftAddDepthwiseConv2D
 from keras_vit.layers.drop_path import DropPath
 from keras_vit.layers.mlp import _activation
 from keras_vit.layers.squeeze_excite import SqueezeExcite, make_divisible
@@ -76,7 +77,7 @@ class ConvNormAct(keras.layers.Layer):
         padding = "valid" if explicit else "same"
         policy = self.dtype_policy
         if self.depthwise:
-            self.conv = keras.layers.DepthwiseConv2D(
+            self.conv = ShiftAddDepthwiseConv2D(
                 kernel_size, strides, padding=padding, use_bias=False, name="conv", dtype=policy
             )
         else:

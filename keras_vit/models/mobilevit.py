@@ -193,17 +193,6 @@ class MobileViT(XLAByDefault, keras.Model):
         self.in_channels = in_channels
         self._views = _Views(features=features)
 
-    def _resolve_auto_jit_compile(self):
-        # XLA's CPU depthwise convolution is about 100x slower than TensorFlow's own (oneDNN)
-        # kernel (8 x 128 x 128 x 64, 3x3: 790 ms against 8 ms), which makes the whole model
-        # ~8x slower under XLA on CPU; so "auto" is graph mode on TF without a GPU, XLA elsewhere.
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            if not tf.config.list_physical_devices("GPU"):
-                return False
-        return super()._resolve_auto_jit_compile()
-
     @property
     def feature_strides(self):
         """Output stride of each feature map of `feature_model()`: (2, 4, 8, 16, 32)."""
