@@ -120,7 +120,9 @@ def test_compute_output_shape_and_config_round_trip(layer, shape):
     "kernel,strides,padding,use_bias",
     [(3, 1, "same", False), (3, 2, "valid", True), (5, 1, "same", True), (2, 1, "same", False)],
 )
-def test_shift_add_depthwise_equals_keras_depthwise(kernel, strides, padding, use_bias):
+def test_shift_add_depthwise_equals_keras_depthwise(
+    kernel, strides, padding, use_bias, monkeypatch
+):
     x = np.random.default_rng(0).standard_normal((2, 13, 12, 6)).astype(np.float32)
     ours = layers.ShiftAddDepthwiseConv2D(kernel, strides, padding=padding, use_bias=use_bias)
     ref = keras.layers.DepthwiseConv2D(kernel, strides, padding=padding, use_bias=use_bias)
@@ -129,6 +131,17 @@ def test_shift_add_depthwise_equals_keras_depthwise(kernel, strides, padding, us
     weights = [rng.standard_normal(w.shape).astype(np.float32) for w in ref.get_weights()]
     ref.set_weights(weights)
     ours.set_weights(weights)
-    y = keras.ops.convert_to_numpy(ours(x))
+    expected = keras.ops.convert_to_numpy(ref(x))
+    y = keras.ops.convert_to_numpy(ours(x))  # eager: the ordinary convolution
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    if keras.backend.backend() == "tensorflow":  # under XLA: the shifted products
+        import tensorflow as tf
+
+        def no_convolution(*args, **kwargs):
+            raise AssertionError("the XLA trace fell back to the convolution")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(keras.layers.DepthwiseConv2D, "call", no_convolution)
+            y = tf.function(ours, jit_compile=True)(x).numpy()
     assert y.shape == tuple(ref.compute_output_shape(x.shape))
-    np.testing.assert_allclose(y, keras.ops.convert_to_numpy(ref(x)), atol=1e-5)
+    np.testing.assert_allclose(y, expected, atol=1e-5)

@@ -3,14 +3,15 @@ import keras
 
 @keras.saving.register_keras_serializable(package="keras_vit")
 class ShiftAddDepthwiseConv2D(keras.layers.DepthwiseConv2D):
-    """`DepthwiseConv2D` computed as `k * k` shifted multiply-adds.
+    """`DepthwiseConv2D` computed as `k * k` shifted multiply-adds when compiled by XLA.
 
     Same weights, layout and outputs as the Keras layer (so checkpoints map as for it). Why:
     XLA's CPU depthwise convolution is about 100x slower than TensorFlow's oneDNN kernel
     (8 x 128 x 128 x 64, 3x3: 790 ms against 8 ms), while the shifted products fuse into one
     elementwise loop; with it MobileViT-XXS runs fully under XLA at 1.25x its graph-mode speed.
-    Cases outside channels-last, depth multiplier 1, no dilation, and "valid" (or "same" at
-    stride 1) fall back to the convolution.
+    Outside XLA (TF graph mode, and so TFLite/SavedModel exports, which keep the fused
+    DEPTHWISE_CONV_2D op phones are fast at) it is the ordinary convolution, as it is for
+    dilation, depth multipliers, channels-first and "same" padding with strides.
     """
 
     def _shift_add_supported(self):
@@ -22,7 +23,7 @@ class ShiftAddDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         )
 
     def call(self, x):
-        if not self._shift_add_supported():
+        if not (self._shift_add_supported() and _compiling_with_xla()):
             return super().call(x)
         kh, kw = self.kernel_size
         sh, sw = self.strides
@@ -43,3 +44,18 @@ class ShiftAddDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if self.use_bias:
             y = y + keras.ops.cast(self.bias, y.dtype)
         return y if self.activation is None else self.activation(y)
+
+
+def _compiling_with_xla():
+    """True while tracing for XLA: always on JAX; on TF, inside a `jit_compile=True` function."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True
+    if backend != "tensorflow":
+        return False
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util  # TF has no public form of this test
+
+    if tf.executing_eagerly():
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
