@@ -1,5 +1,7 @@
 """Print the README's model table (name, family, parameters, input size) from the registry.
 
+The table lists each architecture at its default configuration (timm's default tag).
+
 Usage: python examples/model_table.py [PATTERN] [--update README.md]
 
 Parameter counts come from building each keras_vit model (random init), not from a list;
@@ -7,6 +9,7 @@ the parity tests check them against timm.
 """
 
 import argparse
+import math
 import os
 import re
 
@@ -23,9 +26,9 @@ def table(pattern):
         spec = keras_vit.registry.get_spec(name)
         model = keras_vit.create_model(name)
         size = model.input_shape[1:3]
-        rows.append(
-            f"| `{name}` | {spec.family} | {model.count_params() / 1e6:.2f} | {size[0]}x{size[1]} |"
-        )
+        # trainable only, as timm counts: BatchNorm's moving statistics are buffers there
+        params = sum(math.prod(w.shape) for w in model.trainable_weights)
+        rows.append(f"| `{name}` | {spec.family} | {params / 1e6:.2f} | {size[0]}x{size[1]} |")
         del model
     return "\n".join(rows)
 
