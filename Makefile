@@ -14,10 +14,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-# The CI suite: every registered name at test size, parity against live timm.
-test: $(STAMP)
+lint: $(STAMP)
 	$(VENV)/bin/ruff format --check keras_vit tests examples
 	$(VENV)/bin/ruff check keras_vit tests examples
+
+# The CI suite: every registered name at test size, parity against live timm.
+test: lint
 	$(PY) -m pytest -q
 
 # Full-size parity for every variant of every family (tens of minutes on 2 cores).
