@@ -4,6 +4,14 @@ import keras
 from keras.src.trainers.trainer import model_supports_jit
 
 
+class Views:
+    """Holds symbolic tensors of a model's graph out of Keras's attribute tracking, for the
+    views (`intermediate_model`, `heads_model`, `feature_model`) built over the same layers."""
+
+    def __init__(self, **tensors):
+        self.__dict__.update(tensors)
+
+
 class XLAByDefault:
     """Mixin: `jit_compile="auto"` (the default of `compile`, and of an uncompiled model's
     `predict`) means XLA on the TensorFlow and JAX backends, CPU included.

@@ -19,15 +19,14 @@ import keras
 import numpy as np
 
 from keras_vit.layers import ImageNormalization
-from keras_vit.layers._validation import pair, positive_int, rate
+from keras_vit.layers._validation import non_negative_int, pair, positive_int, rate
 from keras_vit.layers.mobilevit_blocks import (
     ClassifierHead,
     ConvNormAct,
     InvertedResidual,
     MobileViTBlock,
 )
-from keras_vit.models.base import XLAByDefault
-from keras_vit.models.vit import _Views
+from keras_vit.models.base import Views, XLAByDefault
 from keras_vit.registry import register_model
 
 # The cvnets checkpoints take RGB in [0, 1]: no mean/std normalisation.
@@ -111,10 +110,8 @@ class MobileViT(XLAByDefault, keras.Model):
             )
         if global_pool != "avg":
             raise ValueError(f"`global_pool` must be 'avg' for MobileViT, got {global_pool!r}.")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"`num_classes` must be an int >= 0, got {num_classes!r}.")
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 0:
-            raise ValueError(f"`num_features` must be an int >= 0, got {num_features!r}.")
+        non_negative_int("num_classes", num_classes)
+        non_negative_int("num_features", num_features)
         for arg, value in dict(
             drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate
         ).items():
@@ -191,7 +188,7 @@ class MobileViT(XLAByDefault, keras.Model):
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.in_channels = in_channels
-        self._views = _Views(features=features)
+        self._views = Views(features=features)
 
     @property
     def feature_strides(self):

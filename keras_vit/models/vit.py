@@ -16,21 +16,14 @@ from keras_vit.layers import (
     TransformerBlock,
     resample_abs_pos_embed,
 )
-from keras_vit.layers._validation import pair, rate
-from keras_vit.models.base import XLAByDefault
+from keras_vit.layers._validation import non_negative_int, pair, rate
+from keras_vit.models.base import Views, XLAByDefault
 from keras_vit.registry import register_model
 
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
-
-
-class _Views:
-    """Holds symbolic tensors of the graph out of Keras's attribute tracking."""
-
-    def __init__(self, **tensors):
-        self.__dict__.update(tensors)
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -73,8 +66,7 @@ class VisionTransformer(XLAByDefault, keras.Model):
         image_size = pair("image_size", image_size)
         if global_pool not in ("token", "avg"):
             raise ValueError(f"`global_pool` must be 'token' or 'avg', got {global_pool!r}.")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"`num_classes` must be an int >= 0, got {num_classes!r}.")
+        non_negative_int("num_classes", num_classes)
         for size in image_size:
             if size % patch_size:
                 raise ValueError(
@@ -146,7 +138,7 @@ class VisionTransformer(XLAByDefault, keras.Model):
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.in_channels = in_channels
-        self._views = _Views(tokens=tokens, block_outputs=block_outputs, **heads)
+        self._views = Views(tokens=tokens, block_outputs=block_outputs, **heads)
 
     # --- hooks a family may override (distilled DeiT adds a token and a head) ---
     def _add_prefix_tokens(self, x, dtype):
