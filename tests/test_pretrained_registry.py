@@ -1,7 +1,9 @@
 """The checkpoint registry (keras_vit/pretrained/checkpoints.json) against timm's own
 pretrained configs, and the tag's config travelling with the model."""
 
+import csv
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,16 @@ torch = pytest.importorskip("torch")
 from timm.models import get_pretrained_cfg as timm_cfg  # noqa: E402
 
 CLASSIC_VIT = re.compile(r"vit_(tiny|small|base|large|huge)_patch(8|14|16|32)_(224|384)$")
+# timm's published ImageNet figures: the reference table beside the checkout (the source),
+# else the unchanged copy in weights/ that the registry generator reads.
+_SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "timm-imagenet-top1.csv"
+_RESULTS = (
+    _SHARED
+    if _SHARED.exists()
+    else Path(__file__).parents[1] / "weights" / "timm-results-imagenet.csv"
+)
+with open(_RESULTS, newline="") as _f:
+    TIMM_RESULTS = {r["model"]: (float(r["top1"]), float(r["top5"])) for r in csv.DictReader(_f)}
 
 
 def _timm_checkpoints(pattern, keep=lambda arch: True):
@@ -50,7 +62,10 @@ def test_checkpoint_cfg_matches_timm(name):
     assert (ours.crop_pct, ours.interpolation) == (ref["crop_pct"], ref["interpolation"])
     assert (ours.num_classes, ours.license) == (ref["num_classes"], ref.get("license"))
     assert ours.default == (timm_cfg(ours.architecture).tag == ours.tag)
-    assert ours.top1 is None  # not recorded: timm's results tables are not installed here
+    published = TIMM_RESULTS.get(name)  # timm's results-imagenet.csv row, if it has one
+    assert (ours.top1, ours.top5) == (published or (None, None))
+    if ours.label_set == "imagenet-1k" and ours.family in ("deit", "mobilevit"):
+        assert published is not None, f"timm publishes ImageNet figures for {name}"
 
 
 @pytest.mark.parametrize(
@@ -115,10 +130,11 @@ def test_list_pretrained_pattern_and_cli_table(capsys):
     assert cli_main(["list", "--pretrained"]) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if "." in r.split(" ")[0]]
     assert len(rows) == len(list_pretrained()) == 57
-    for row in rows:  # name, params, size, top-1, classes, input, licence
-        name, params, size, top1, classes, _, licence = row.split()
+    for row in rows:  # name, params, size, top-1, top-5, classes, input, licence
+        name, params, size, top1, top5, classes, _, licence = row.split()
         cfg = get_pretrained_cfg(name)
         assert params == f"{cfg.params / 1e6:.1f}M" and size == f"{cfg.size_mb:.1f}MB"
-        assert top1 == "n/a" and int(classes) == cfg.num_classes
+        shown = (f"{cfg.top1:.2f}", f"{cfg.top5:.2f}") if cfg.top1 is not None else ("n/a",) * 2
+        assert (top1, top5) == shown and int(classes) == cfg.num_classes
         assert licence == (cfg.license or "unknown")
     assert cli_main(["list", "--pretrained", "nothing*"]) == 2

@@ -7,9 +7,9 @@ The checkpoint registry is data taken from timm's own pretrained configs (`timm.
 
     .venv/bin/python weights/generate_checkpoints.py
 
-Nothing is downloaded. Published top-1 accuracy comes from timm's results CSVs
-(`results/results-imagenet.csv` in the timm repository), which the timm wheel does not ship:
-it is recorded as null unless `--results CSV` is given. sha256 digests are not pinned by timm
+Nothing is downloaded. Published top-1/top-5 accuracy comes from timm's results table
+(`results/results-imagenet.csv` in the timm repository, which the timm wheel does not ship);
+the rows for our families are copied unchanged in `weights/timm-results-imagenet.csv`. sha256 digests are not pinned by timm
 for these files; they stay null here and keras_vit records each on first download.
 """
 
@@ -53,18 +53,24 @@ def param_count(arch, num_classes):
     return sum(p.numel() for p in model.parameters())
 
 
-def read_top1(path):
+def read_results(path):
+    """timm's results CSV -> {name.tag: (top1, top5)} (percent, as timm prints them)."""
     if not path:
         return {}
     with open(path, newline="") as f:
-        return {row["model"]: float(row["top1"]) for row in csv.DictReader(f)}
+        return {r["model"]: (float(r["top1"]), float(r["top5"])) for r in csv.DictReader(f)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", help="timm results-imagenet.csv for published top-1")
+    parser.add_argument(
+        "--results",
+        default=str(ROOT / "weights" / "timm-results-imagenet.csv"),
+        help="timm's results-imagenet.csv rows for published top-1/top-5 (default: the copy "
+        "in weights/)",
+    )
     args = parser.parse_args()
-    top1 = read_top1(args.results)
+    results = read_results(args.results)
     checkpoints = []
     for family, pattern in FAMILIES.items():
         for arch in architectures(family, pattern):
@@ -105,7 +111,8 @@ def main():
                         "paper_ids": cfg.get("paper_ids"),
                         "params": params,
                         "size_mb": round(params * 4 / 2**20, 1),  # float32 weights
-                        "top1": top1.get(f"{arch}.{tag}"),
+                        "top1": results.get(f"{arch}.{tag}", (None, None))[0],
+                        "top5": results.get(f"{arch}.{tag}", (None, None))[1],
                     }
                 )
     data = {
@@ -135,7 +142,7 @@ def _format_of(url):
 
 def write_manifest(checkpoints):
     """weights/manifest.csv: one row per checkpoint, for people (the package reads the JSON)."""
-    cols = ["name", "params", "size_mb", "top1", "num_classes", "license", "url", "origin_url",
+    cols = ["name", "params", "size_mb", "top1", "top5", "num_classes", "license", "url", "origin_url",
             "sha256"]  # fmt: skip
     with open(ROOT / "weights" / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f)

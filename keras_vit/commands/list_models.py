@@ -34,15 +34,18 @@ def _list_checkpoints(pattern):
     if not names:
         raise ValueError(f"No pretrained checkpoint matches {pattern!r}.")
     print(
-        f"{'checkpoint':52s} {'params':>8s} {'size':>9s} {'top-1':>6s} {'classes':>7s} "
+        f"{'checkpoint':52s} {'params':>8s} {'size':>9s} {'top-1':>6s} {'top-5':>6s} {'classes':>7s} "
         f"{'input':>7s} licence"
     )
     for name in names:
         c = get_pretrained_cfg(name)
         top1 = f"{c.top1:.2f}" if c.top1 is not None else "n/a"
+        top5 = f"{c.top5:.2f}" if c.top5 is not None else "n/a"
         size = "x".join(str(s) for s in c.input_size)
         print(
-            f"{name:52s} {c.params / 1e6:7.1f}M {c.size_mb:7.1f}MB {top1:>6s} "
+            f"{name:52s} {c.params / 1e6:7.1f}M {c.size_mb:7.1f}MB {top1:>6s} {top5:>6s} "
             f"{c.num_classes:7d} {size:>7s} {c.license or 'unknown'}"
         )
-    print(f"{len(names)} checkpoints; top-1 n/a: not recorded (see weights/README.md).")
+    print(
+        f"{len(names)} checkpoints; top-1/top-5: timm's ImageNet-1k validation figures; n/a: timm publishes none (see weights/README.md)."
+    )

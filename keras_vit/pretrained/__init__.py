@@ -2,8 +2,8 @@
 by `weights/generate_checkpoints.py` (see `weights/README.md`).
 
 Each `name.tag` carries its source address, file format, input size, mean/std, crop fraction,
-interpolation, number of classes, label set, licence, parameter count, published top-1 (null
-where timm's results tables were not available) and sha256 (null where not pinned: recorded on
+interpolation, number of classes, label set, licence, parameter count, timm's published ImageNet top-1/top-5
+(null where timm publishes none) and sha256 (null where not pinned: recorded on
 first download). `checkpoint_path(name)` downloads, verifies and caches (`download.py`).
 """
 
@@ -55,6 +55,7 @@ class PretrainedCfg:
     params: int
     size_mb: float
     top1: float | None
+    top5: float | None
 
     @property
     def filename(self):
