@@ -5,7 +5,11 @@ registered) vs the transformers PyTorch model; Google's ViT .npz vs timm's own n
 All on small configs whose every parameter is randomised.
 """
 
+import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,11 +20,11 @@ from helpers import (
     save_timm_safetensors,
     structured_images,
     structured_pixels,
+    subprocess_env,
     timm_forward,
 )
 
 import keras_vit
-from keras_vit.cli import main as cli_main
 from keras_vit.convert.big_vision import timm_to_npz
 
 timm = pytest.importorskip("timm")
@@ -214,23 +218,111 @@ def test_convert_refuses_to_write_when_outputs_differ(tmp_path, monkeypatch):
     assert not out.exists() and not list(tmp_path.glob("*.partial*"))
 
 
-def test_cli_convert(timm_vit, tmp_path, capsys):
-    ref = timm.create_model(
-        VIT, img_size=64, num_classes=4
-    ).eval()  # full depth: CLI has no --depth
+def _python(args, tmp_path, **env):
+    """A child Python (nothing imported first: `keras_vit` loads TensorFlow before any torch)."""
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(**env),
+        cwd=tmp_path,
+        timeout=600,
+    )
+
+
+def _measured(text):
+    """The max |logit diff| a `keras-vit convert` line reports."""
+    match = re.search(r"max \|logit diff\| vs source ([0-9.e+-]+)", text)
+    assert match, f"no measured difference in: {text!r}"
+    return float(match.group(1))
+
+
+def test_cli_convert_in_a_fresh_process_measures_the_difference(tmp_path):
+    """`keras-vit convert` as users run it: a new process that imports TensorFlow first (it used
+    to crash, exit 139, when it imported torch/timm afterwards for the check)."""
+    ref = timm.create_model(VIT, img_size=64, num_classes=4).eval()  # full depth: no --depth
     randomize_timm_model(ref, seed=8)
     path = save_timm_safetensors(ref, tmp_path / "full.safetensors")
     out = tmp_path / "cli.weights.h5"
-    code = cli_main(
-        ["convert", str(path), "--model", VIT, "--output", str(out), "--num-classes", "4",
-         "--image-size", "64"]
+    proc = _python(
+        ["-m", "keras_vit", "convert", path, "--model", VIT, "--output", out,
+         "--num-classes", 4, "--image-size", 64, "--require-check"],
+        tmp_path,
     )  # fmt: skip
-    assert code == 0 and out.exists()
-    assert "max |logit diff| vs source" in capsys.readouterr().out
+    assert proc.returncode == 0 and out.exists(), proc.stderr[-3000:]
+    assert "not compared" not in proc.stdout
+    assert 0 < _measured(proc.stdout) <= 1e-4
     images = structured_images(2, 64, 64, seed=3)
     model = _ours(out, num_classes=4, image_size=64)
     assert_parity(_run(model, images), timm_forward(ref, images))
-    assert cli_main(["convert", str(path), "--model", VIT, "--output", str(tmp_path / "x.h5")]) == 2
+    bad = _python(
+        ["-m", "keras_vit", "convert", path, "--model", VIT, "--output", "x.h5"], tmp_path
+    )
+    assert bad.returncode == 2 and "must end in .weights.h5 or .keras" in bad.stderr
+
+
+def test_api_convert_after_tensorflow_measures_the_difference(timm_vit, tmp_path):
+    """`import keras_vit; keras_vit.convert(...)` in a process where TensorFlow came first."""
+    _, path, _ = timm_vit
+    script = (
+        "import json, sys\n"
+        "import keras_vit\n"
+        "assert 'tensorflow' in sys.modules and 'torch' not in sys.modules\n"
+        "report = keras_vit.convert(sys.argv[1], sys.argv[2], sys.argv[3], num_classes=10,\n"
+        "                           depth=2, image_size=64, require_check=True)\n"
+        "print('REPORT', json.dumps(report))\n"
+    )
+    proc = _python(["-c", script, path, VIT, tmp_path / "api.weights.h5"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.split("REPORT ", 1)[1])
+    assert report["not_compared"] is None and 0 < report["max_abs_diff"] <= 1e-4
+
+
+_HIDE = """
+import importlib.abc, sys
+
+
+class _Hide(importlib.abc.MetaPathFinder):  # as if timm and transformers were uninstalled
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("timm", "transformers"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, _Hide())
+"""
+
+
+def test_missing_framework_is_said_plainly_and_require_check_refuses(
+    timm_vit, tmp_path, monkeypatch
+):
+    """The reference process cannot import timm: the report says so; require_check refuses."""
+    _, path, _ = timm_vit
+    (tmp_path / "hide").mkdir()
+    (tmp_path / "hide" / "sitecustomize.py").write_text(_HIDE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "hide"), *sys.path]))
+    out = tmp_path / "unchecked.weights.h5"
+    report = keras_vit.convert(path, VIT, out, num_classes=10, **SMALL)
+    assert report["max_abs_diff"] is None and out.exists()
+    assert "not installed" in report["not_compared"] and "timm" in report["not_compared"]
+    refused = tmp_path / "refused.weights.h5"
+    with pytest.raises(ValueError, match="timm.*nothing was written"):
+        keras_vit.convert(path, VIT, refused, num_classes=10, require_check=True, **SMALL)
+    assert not refused.exists() and not list(tmp_path.glob("*.partial*"))
+
+
+def test_convert_reads_the_checkpoint_once_and_builds_two_models(timm_vit, tmp_path, monkeypatch):
+    from keras_vit import loading, registry
+
+    _, path, _ = timm_vit
+    reads, builds = [], []
+    read, build = loading.read_state_dict, registry.create_model
+    monkeypatch.setattr(loading, "read_state_dict", lambda *a: reads.append(a) or read(*a))
+    monkeypatch.setattr(
+        registry, "create_model", lambda *a, **k: builds.append(a) or build(*a, **k)
+    )
+    report = keras_vit.convert(path, VIT, tmp_path / "o.weights.h5", num_classes=10, **SMALL)
+    assert report["max_abs_diff"] <= 1e-4
+    assert (len(reads), len(builds)) == (1, 2)
 
 
 def test_new_num_classes_resets_both_distilled_heads(tmp_path, caplog):
