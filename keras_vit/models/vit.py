@@ -273,10 +273,15 @@ class VisionTransformer(XLAByDefault, keras.Model):
             and np.ndim(posemb) == 3
             and posemb.shape[1] != expected
         ):
-            state_dict = dict(state_dict)
-            state_dict["pos_embed"] = resample_abs_pos_embed(
-                posemb, self.grid_size, num_prefix_tokens=prefix
-            )
+            try:
+                resampled = resample_abs_pos_embed(posemb, self.grid_size, num_prefix_tokens=prefix)
+            except ValueError as err:
+                raise ValueError(
+                    f"pos_embed of shape {tuple(posemb.shape)} does not fit {self.name!r}, whose "
+                    f"position embedding covers {prefix} prefix token(s) and a "
+                    f"{self.grid_size} patch grid: {err}"
+                ) from err
+            state_dict = {**state_dict, "pos_embed": resampled}
         return state_dict
 
     def get_config(self):
