@@ -10,7 +10,13 @@ import os
 
 import numpy as np
 
-from keras_vit.convert.timm import IGNORED_KEY_SUFFIXES, timm_entries, to_keras_layout
+from keras_vit.convert.timm import (
+    IGNORED_KEY_SUFFIXES,
+    module_key,
+    timm_entries,
+    to_keras_layout,
+    to_timm_layout,
+)
 
 logger = logging.getLogger("keras_vit")
 
@@ -180,27 +186,76 @@ def load_weights(model, source, reset_head=False):
     """Load weights into an existing model, all or nothing.
 
     `source`: any format `read_state_dict` reads (timm `.safetensors`/`.pth`, a Hugging Face
-    directory, a ViT `.npz`), a Keras `.weights.h5`, or a dict of arrays in timm layout.
+    directory, a ViT `.npz`), a Keras `.weights.h5`, or a dict of arrays in timm layout. Every
+    format goes through the same plan (`plan_assignments`): the model's `adapt_checkpoint`
+    (position embedding resampled to its grid), a fresh head with `reset_head` where the
+    classes differ, every tensor checked before the first is assigned.
     """
     if isinstance(source, dict):
         return load_state_dict(model, source, "the given state_dict", reset_head)
     path = os.fspath(source)
     if path.endswith(".weights.h5"):
-        return _load_keras_weights(model, path)
-    return load_state_dict(model, read_state_dict(path), repr(path), reset_head)
+        state_dict = read_keras_weights(model, path, reset_head)
+    else:
+        state_dict = read_state_dict(path)
+    return load_state_dict(model, state_dict, repr(path), reset_head)
 
 
-def _load_keras_weights(model, path):
-    """Keras's own format, made all-or-nothing: load into a clone, then copy across."""
-    import keras
+def read_keras_weights(model, path, reset_head=False):
+    """A Keras `.weights.h5` (what `model.save_weights` and `keras-vit convert` write) ->
+    {timm key: array in timm layout}, named through `model`'s own variable-to-key map.
+
+    Keras stores each layer's own variables as `<group>/vars/<i>`, the group's `vars`
+    carrying the layer's name; the chain of names down to a group is the owning layer's path
+    (`blocks_3/attn/qkv`) and `i` its variable's place among that layer's own variables. So
+    the file is read by name, never by order, and it may come from the same architecture
+    with other classes or another image size: the shared plan adapts it like any checkpoint.
+    Tensors the model has no variable for keep a `module[i]` name, so the plan reports them
+    (or drops a head that `reset_head` replaces).
+    """
+    import h5py
 
     if not os.path.isfile(path):
         raise ValueError(f"Weights file {path!r} does not exist.")
-    clone = model.__class__.from_config(model.get_config())
+    # (owning layer path, index among its own variables) -> (timm key, layout permutation);
+    # model.weights lists each layer's own variables together, in their saved order
+    by_owner, counts = {}, {}
+    for key, variable, perm in timm_entries(model):
+        owner = variable.path.rpartition("/")[0]
+        index = counts.get(owner, 0)
+        counts[owner] = index + 1
+        by_owner[(owner, index)] = (key, perm)
+    head_modules = {k.rpartition(".")[0] for k in getattr(model, "head_keys", ())}
+    state_dict = {}
+
+    def visit(group, chain):
+        own = group.get("vars")
+        if own is not None and chain is not None:
+            name = own.attrs.get("name")
+            if name is None:
+                raise ValueError(
+                    f"{path!r} names no layers (an older Keras did not record them); "
+                    "load it with `model.load_weights` into the same architecture."
+                )
+            chain = chain + [name.decode() if isinstance(name, bytes) else str(name)]
+        owner = "/".join(chain or [])
+        if own is not None:
+            for index, dataset in own.items():
+                found = by_owner.get((owner, int(index)))
+                if found is None:  # not in this model: a name the plan can report
+                    module = module_key(owner) if owner else "<model>"
+                    if not (reset_head and module in head_modules):
+                        state_dict[f"{module}[{index}]"] = np.asarray(dataset)
+                    continue
+                key, perm = found
+                state_dict[key] = to_timm_layout(np.asarray(dataset), perm)
+        for child, sub in group.items():
+            if child != "vars" and isinstance(sub, h5py.Group):
+                visit(sub, [] if chain is None else chain)
+
     try:
-        clone.load_weights(path)
-    except Exception as err:  # Keras raises several types for a file that does not fit
-        raise ValueError(f"Weights in {path!r} do not fit {model.name}: {err}") from err
-    values = [keras.ops.convert_to_numpy(v) for v in clone.weights]
-    assign(list(zip(model.weights, values)))
-    return model
+        with h5py.File(path, "r") as f:
+            visit(f, None)  # the root is the model itself: its name is not part of paths
+    except OSError as err:
+        raise ValueError(f"Cannot read Keras weights file {path!r}: {err}") from err
+    return state_dict

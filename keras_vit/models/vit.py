@@ -28,14 +28,28 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 @keras.saving.register_keras_serializable(package="keras_vit")
 class VisionTransformer(XLAByDefault, keras.Model):
-    """ViT classifier or feature extractor, NHWC input.
+    """ViT classifier or feature extractor, NHWC input; DeiT, DeiT III and register-token
+    ViTs are configurations of it, as in timm's `VisionTransformer`.
 
     With `include_preprocessing=True` the model takes RGB in 0..255 and normalises with
     `mean`/`std` (the checkpoint's); with False it takes the tensor timm would take, NHWC.
     Output: logits `(B, num_classes)`, or pooled features `(B, embed_dim)` if `num_classes=0`.
-    """
 
-    num_prefix_tokens = 1  # the class token; distilled DeiT has two
+    The token stage (timm's constructor arguments and `_pos_embed`):
+        class_token: a learned class token in front (`cls_token`, (1, 1, D)).
+        reg_tokens: number of register tokens after it (`reg_token`, (1, R, D)).
+        distilled: DeiT's distillation token after the class token (`dist_token`) and a
+            second classifier `head_dist` on it; the output is `(head(cls) +
+            head_dist(dist)) / 2` and `heads_model` gives both (see `DistilledVisionTransformer`).
+        no_embed_class: the position embedding covers the patch grid only, `(1, N, D)`, and is
+            added before the prefix tokens are put in front (DeiT III, FlexiViT, DINOv2);
+            otherwise it covers `[prefix, patches]`, `(1, prefix + N, D)`, added after.
+        pos_embed: `"learn"` (a learned absolute embedding) or `"none"`.
+        global_pool: `"token"` (the class token) or `"avg"` (mean of the patch tokens, prefix
+            tokens left out); `fc_norm` (default: on for `"avg"`) normalises after pooling
+            instead of before.
+    `num_prefix_tokens` (class + distillation + register tokens) is a property of the model.
+    """
 
     def __init__(
         self,
@@ -47,6 +61,11 @@ class VisionTransformer(XLAByDefault, keras.Model):
         mlp_ratio=4.0,
         qkv_bias=True,
         init_values=None,
+        class_token=True,
+        reg_tokens=0,
+        no_embed_class=False,
+        distilled=False,
+        pos_embed="learn",
         num_classes=1000,
         global_pool="token",
         fc_norm=None,
@@ -66,7 +85,33 @@ class VisionTransformer(XLAByDefault, keras.Model):
         image_size = pair("image_size", image_size)
         if global_pool not in ("token", "avg"):
             raise ValueError(f"`global_pool` must be 'token' or 'avg', got {global_pool!r}.")
+        if pos_embed not in ("learn", "none"):
+            raise ValueError(f"`pos_embed` must be 'learn' or 'none', got {pos_embed!r}.")
         non_negative_int("num_classes", num_classes)
+        non_negative_int("reg_tokens", reg_tokens)
+        class_token, no_embed_class, distilled = (
+            bool(class_token),
+            bool(no_embed_class),
+            bool(distilled),
+        )
+        if global_pool == "token" and not class_token:
+            raise ValueError(
+                "global_pool='token' pools the class token; with class_token=False use "
+                "global_pool='avg'."
+            )
+        if distilled:
+            # timm asserts the same: the distilled head reads the two tokens, after `norm`.
+            if global_pool != "token":
+                raise ValueError(
+                    f"Distilled DeiT pools the class and distillation tokens; `global_pool` "
+                    f"must be 'token', got {global_pool!r}."
+                )
+            if fc_norm:
+                raise ValueError(f"Distilled DeiT has no `fc_norm`; got fc_norm={fc_norm!r}.")
+            if reg_tokens:
+                raise ValueError(
+                    f"A distilled DeiT has no register tokens; got reg_tokens={reg_tokens!r}."
+                )
         for size in image_size:
             if size % patch_size:
                 raise ValueError(
@@ -81,7 +126,8 @@ class VisionTransformer(XLAByDefault, keras.Model):
         )
         for arg, value in rates.items():
             rate(arg, value)
-        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        use_fc_norm = global_pool == "avg" if fc_norm is None else bool(fc_norm)
+        num_prefix_tokens = int(class_token) + int(distilled) + reg_tokens
 
         # === graph ===
         images = keras.Input((image_size[0], image_size[1], in_channels), name="images")
@@ -89,8 +135,9 @@ class VisionTransformer(XLAByDefault, keras.Model):
         if include_preprocessing:
             x = ImageNormalization(mean, std, name="preprocessing", dtype=dtype)(x)
         x = PatchEmbedding(patch_size, embed_dim, name="patch_embed", dtype=dtype)(x)  # (B, N, D)
-        x = self._add_prefix_tokens(x, dtype)  # (B, prefix + N, D)
-        x = PositionEmbedding(name="pos_embed", dtype=dtype)(x)
+        x = _token_stage(
+            x, class_token, reg_tokens, distilled, no_embed_class, pos_embed == "learn", dtype
+        )  # (B, prefix + N, D)
         x = keras.layers.Dropout(pos_drop_rate, name="pos_drop", dtype=dtype)(x)
         # stochastic depth grows linearly over the blocks (timm's `dpr`)
         drop_paths = np.linspace(0.0, drop_path_rate, depth).tolist() if depth else []
@@ -112,9 +159,16 @@ class VisionTransformer(XLAByDefault, keras.Model):
         if not use_fc_norm:
             x = keras.layers.LayerNormalization(epsilon=1e-6, name="norm", dtype=dtype)(x)
         tokens = x  # (B, prefix + N, D), final normalised tokens
-        outputs, heads = self._build_head(
-            tokens, num_classes, global_pool, use_fc_norm, drop_rate, dtype
-        )
+        if distilled:
+            outputs, heads = _distilled_head(tokens, num_classes, drop_rate, dtype)
+        else:
+            x = tokens[:, 0] if global_pool == "token" else _avg_pool(tokens, num_prefix_tokens)
+            if use_fc_norm:
+                x = keras.layers.LayerNormalization(epsilon=1e-6, name="fc_norm", dtype=dtype)(x)
+            x = keras.layers.Dropout(drop_rate, name="head_drop", dtype=dtype)(x)
+            if num_classes:
+                x = keras.layers.Dense(num_classes, name="head", dtype=dtype)(x)
+            outputs, heads = x, {}
         super().__init__(inputs=images, outputs=outputs, name=name, dtype=dtype, **kwargs)
 
         # === config (constructor arguments only) ===
@@ -126,6 +180,11 @@ class VisionTransformer(XLAByDefault, keras.Model):
         self.mlp_ratio = mlp_ratio
         self.qkv_bias = qkv_bias
         self.init_values = init_values
+        self.class_token = class_token
+        self.reg_tokens = reg_tokens
+        self.no_embed_class = no_embed_class
+        self.distilled = distilled
+        self.pos_embed = pos_embed
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.fc_norm = fc_norm
@@ -138,28 +197,15 @@ class VisionTransformer(XLAByDefault, keras.Model):
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.in_channels = in_channels
-        self._views = Views(tokens=tokens, block_outputs=block_outputs, **heads)
-
-    # --- hooks a family may override (distilled DeiT adds a token and a head) ---
-    def _add_prefix_tokens(self, x, dtype):
-        return PrependToken(initializer_stddev=1e-6, name="cls_token", dtype=dtype)(x)
-
-    def _build_head(self, tokens, num_classes, global_pool, use_fc_norm, drop_rate, dtype):
-        """tokens `(B, T, D)` -> (outputs, extra named tensors for views)."""
-        x = self._pool(tokens, global_pool)
-        if use_fc_norm:
-            x = keras.layers.LayerNormalization(epsilon=1e-6, name="fc_norm", dtype=dtype)(x)
-        x = keras.layers.Dropout(drop_rate, name="head_drop", dtype=dtype)(x)
-        if num_classes:
-            x = keras.layers.Dense(num_classes, name="head", dtype=dtype)(x)
-        return x, {}
-
-    def _pool(self, tokens, global_pool):
-        if global_pool == "avg":  # mean over patch tokens, prefix tokens left out
-            return keras.ops.mean(tokens[:, self.num_prefix_tokens :], axis=1)
-        return tokens[:, 0]  # (B, D) the class token
+        self._num_prefix_tokens = num_prefix_tokens
+        self._views = Views(tokens=tokens, block_outputs=block_outputs, logits=outputs, **heads)
 
     # --- public API ---
+    @property
+    def num_prefix_tokens(self):
+        """Tokens in front of the patches: class, distillation and register tokens."""
+        return self._num_prefix_tokens
+
     @property
     def grid_size(self):
         """Patch grid `(H / p, W / p)`."""
@@ -168,7 +214,30 @@ class VisionTransformer(XLAByDefault, keras.Model):
     @property
     def head_keys(self):
         """Checkpoint keys of the classifier, which a new `num_classes` starts afresh."""
-        return ("head.weight", "head.bias")
+        heads = ("head", "head_dist") if self.distilled else ("head",)
+        return tuple(f"{h}.{p}" for h in heads for p in ("weight", "bias"))
+
+    @property
+    def heads_model(self):
+        """Distilled models: a `keras.Model` over the same layers (shared weights) returning
+        `(cls_logits, dist_logits)`, each `(B, num_classes)` (pre-logits if `num_classes=0`).
+
+        Built once and kept in the untracked `_views` holder, so it adds nothing to this
+        model's variables or its `.keras` file.
+        """
+        if not self.distilled:
+            raise AttributeError(
+                f"{self.name!r} has one classifier head (distilled=False): no `heads_model`."
+            )
+        cached = getattr(self._views, "heads_model", None)
+        if cached is None:
+            cached = keras.Model(
+                self.input,  # the one image tensor, so calls take a tensor, not a list
+                [self._views.cls_logits, self._views.dist_logits],
+                name=f"{self.name}_heads",
+            )
+            self._views.heads_model = cached
+        return cached
 
     def intermediate_model(self, indices=None):
         """A `keras.Model` over the same layers returning the token sequences `(B, T, D)` after
@@ -187,16 +256,32 @@ class VisionTransformer(XLAByDefault, keras.Model):
         out = self.intermediate_model(indices).predict_on_batch(images)
         return out if isinstance(out, list) else [out]
 
+    @property
+    def pos_embed_prefix_tokens(self):
+        """Prefix tokens inside `pos_embed`: all of them, or none with `no_embed_class`."""
+        return 0 if self.no_embed_class else self.num_prefix_tokens
+
     def adapt_checkpoint(self, state_dict):
         """timm's `checkpoint_filter_fn` part that depends on this model: resample `pos_embed`
-        (prefix tokens kept out) when the checkpoint was made for another grid."""
+        (the prefix tokens it covers kept out) when the checkpoint was made for another grid."""
         posemb = state_dict.get("pos_embed")
-        expected = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
-        if posemb is not None and posemb.ndim == 3 and posemb.shape[1] != expected:
-            state_dict = dict(state_dict)
-            state_dict["pos_embed"] = resample_abs_pos_embed(
-                posemb, self.grid_size, num_prefix_tokens=self.num_prefix_tokens
-            )
+        prefix = self.pos_embed_prefix_tokens
+        expected = prefix + self.grid_size[0] * self.grid_size[1]
+        if (
+            self.pos_embed == "learn"
+            and posemb is not None
+            and np.ndim(posemb) == 3
+            and posemb.shape[1] != expected
+        ):
+            try:
+                resampled = resample_abs_pos_embed(posemb, self.grid_size, num_prefix_tokens=prefix)
+            except ValueError as err:
+                raise ValueError(
+                    f"pos_embed of shape {tuple(posemb.shape)} does not fit {self.name!r}, whose "
+                    f"position embedding covers {prefix} prefix token(s) and a "
+                    f"{self.grid_size} patch grid: {err}"
+                ) from err
+            state_dict = {**state_dict, "pos_embed": resampled}
         return state_dict
 
     def get_config(self):
@@ -209,6 +294,11 @@ class VisionTransformer(XLAByDefault, keras.Model):
             "mlp_ratio": self.mlp_ratio,
             "qkv_bias": self.qkv_bias,
             "init_values": self.init_values,
+            "class_token": self.class_token,
+            "reg_tokens": self.reg_tokens,
+            "no_embed_class": self.no_embed_class,
+            "distilled": self.distilled,
+            "pos_embed": self.pos_embed,
             "num_classes": self.num_classes,
             "global_pool": self.global_pool,
             "fc_norm": self.fc_norm,
@@ -228,6 +318,42 @@ class VisionTransformer(XLAByDefault, keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _token_stage(x, class_token, reg_tokens, distilled, no_embed_class, learned_pos, dtype):
+    """Patch tokens `(B, N, D)` -> `(B, prefix + N, D)` with the position embedding, in the
+    order of timm's `_pos_embed`: `[cls, dist or reg..., patches]`; the embedding added to
+    the patches before the prefix (`no_embed_class`) or to the whole sequence after it."""
+    if learned_pos and no_embed_class:
+        x = PositionEmbedding(name="pos_embed", dtype=dtype)(x)  # (1, N, D)
+    # innermost first: cls(dist(x)) / cls(reg(x))
+    if reg_tokens:
+        x = PrependToken(reg_tokens, initializer_stddev=1e-6, name="reg_token", dtype=dtype)(x)
+    if distilled:
+        x = PrependToken(1, initializer_stddev=0.02, name="dist_token", dtype=dtype)(x)
+    if class_token:
+        x = PrependToken(1, initializer_stddev=1e-6, name="cls_token", dtype=dtype)(x)
+    if learned_pos and not no_embed_class:
+        x = PositionEmbedding(name="pos_embed", dtype=dtype)(x)  # (1, prefix + N, D)
+    return x
+
+
+def _avg_pool(tokens, num_prefix_tokens):
+    """`(B, prefix + N, D)` -> `(B, D)`: mean over the patch tokens, prefix tokens left out."""
+    return keras.ops.mean(tokens[:, num_prefix_tokens:], axis=1)
+
+
+def _distilled_head(tokens, num_classes, drop_rate, dtype):
+    """tokens `(B, 2 + N, D)` -> averaged output, plus both heads' tensors for the views."""
+    drop = keras.layers.Dropout(drop_rate, name="head_drop", dtype=dtype)
+    x_cls = drop(tokens[:, 0])  # (B, D)
+    x_dist = drop(tokens[:, 1])  # (B, D)
+    if num_classes:
+        x_cls = keras.layers.Dense(num_classes, name="head", dtype=dtype)(x_cls)
+        x_dist = keras.layers.Dense(num_classes, name="head_dist", dtype=dtype)(x_dist)
+    # (a + b) / 2 in that order, as timm (Average sums then divides by the count)
+    outputs = keras.layers.Average(name="head_average", dtype=dtype)([x_cls, x_dist])
+    return outputs, {"cls_logits": x_cls, "dist_logits": x_dist}
 
 
 # Sizes from the ViT paper (Table 1) and DeiT (Ti, S); timm registers these exact variants.

@@ -115,7 +115,7 @@ class DeiTDistiller(XLAByDefault, keras.Model):
             raise ValueError(f"distillation={distillation!r} needs a `teacher`, got None.")
         if teacher is not None and not isinstance(teacher, keras.Model):
             raise ValueError(f"`teacher` must be a keras.Model or None, got {teacher!r}.")
-        self._two_heads = hasattr(type(student), "heads_model")
+        self._two_heads = bool(getattr(student, "distilled", False))
         if distillation != "none" and not self._two_heads:
             raise ValueError(
                 f"distillation={distillation!r} needs a student with a distillation head "

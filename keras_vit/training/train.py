@@ -238,7 +238,7 @@ def _fit_one(
         teacher_model = None
         if teacher is not None:
             teacher_model = _load_teacher(teacher, splits.num_classes, image_size)
-        two_heads = hasattr(type(student), "heads_model")
+        two_heads = bool(getattr(student, "distilled", False))
         if distillation is None:
             distillation = "hard" if (two_heads and teacher_model is not None) else "none"
         distiller = DeiTDistiller(
