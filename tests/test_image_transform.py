@@ -9,6 +9,7 @@ import io
 
 import numpy as np
 import pytest
+from export_fixtures import timm_eval_pixels, timm_eval_steps
 from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
@@ -25,7 +26,9 @@ def _picture(h, w, seed):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     f = rng.uniform(2, 12, 3)
-    base = np.stack([np.sin(f[0] * xx + 3 * yy), np.cos(f[1] * yy - 2 * xx), np.sin(f[2] * xx * yy)])
+    base = np.stack(
+        [np.sin(f[0] * xx + 3 * yy), np.cos(f[1] * yy - 2 * xx), np.sin(f[2] * xx * yy)]
+    )
     noise = 20 * rng.standard_normal((h, w, 3))
     return np.clip(127.5 + 90 * np.moveaxis(base, 0, -1) + noise, 0, 255).astype(np.uint8)
 
@@ -70,32 +73,6 @@ def files():
     return _files()
 
 
-def _timm_pixels(transform):
-    """timm's eval transform up to ToTensor: PIL image -> uint8 array."""
-    t = timm_data.create_transform(
-        input_size=(3, *transform.input_size),
-        crop_pct=transform.crop_pct,
-        crop_mode=transform.crop_mode,
-        interpolation=transform.interpolation,
-        mean=transform.mean,
-    )
-    steps = t.transforms
-    assert [type(s).__name__ for s in steps[-2:]] in (
-        ["ToTensor", "Normalize"],
-        ["MaybeToTensor", "Normalize"],
-    ), steps
-    steps = steps[:-2]
-
-    def run(data):
-        with Image.open(io.BytesIO(data)) as im:
-            image = im.convert("RGB")
-        for step in steps:
-            image = step(image)
-        return np.asarray(image)
-
-    return run
-
-
 def test_decode_is_pil_convert_rgb(files):
     fn = tf.function(decode)
     for name, data in files.items():
@@ -124,11 +101,11 @@ CONFIGS = [
 @pytest.mark.parametrize("input_size,crop_pct,crop_mode,interpolation", CONFIGS)
 def test_transform_matches_timm_on_pil(files, input_size, crop_pct, crop_mode, interpolation):
     transform = EvalTransform(input_size, crop_pct, crop_mode, interpolation, mean=(0.5, 0.3, 0.7))
-    ref_fn = _timm_pixels(transform)
+    steps, _ = timm_eval_steps(transform)
     fn = tf.function(transform.from_bytes)
     worst = {}
     for name, data in files.items():
-        ref = ref_fn(data)
+        ref = timm_eval_pixels(data, steps)
         out = fn(tf.constant(data)).numpy()
         assert out.shape == ref.shape == (*input_size, 3), name
         worst[name] = int(np.abs(out.astype(int) - ref).max())
