@@ -265,3 +265,84 @@ def test_transform_argument_replaces_the_checkpoints(tmp_path):
     assert np.abs(logits["checkpoint"] - expected).max() > 10 * ATOL
     with pytest.raises(ValueError, match=r"\(32, 32\).*\(48, 48\)"):
         export_saved_model(model, str(tmp_path / "bad"), transform=EvalTransform((32, 32)))
+
+
+# --- end to end: a file's bytes -> SavedModel == timm's pipeline (PIL + create_transform) ----
+CHECKPOINTS = [
+    # (checkpoint, constructor overrides for CI: reduced depth, preprocessing from the tag)
+    ("deit_small_patch16_224.fb_in1k", {"depth": 2}),  # ImageNet mean/std, 0.875, bicubic
+    ("vit_base_patch16_224.augreg2_in21k_ft_in1k", {"depth": 2}),  # mean = std = 0.5, 0.9
+    ("mobilevit_s.cvnets_in1k", {}),  # no normalisation, 256 px, 0.9
+]
+E2E_ATOL = 0.03  # the acceptance bound; +-1 pixel level moves random-weight logits <= 0.015
+
+
+def _e2e_files():
+    """Files a user would send: JPEG 4:2:0 / 4:4:4, PNG RGBA and palette, BMP; portrait,
+    landscape, smaller and larger than the input."""
+    files = []
+    for i, (h, w, fmt, kw) in enumerate(
+        [
+            (375, 500, "JPEG", dict(quality=90)),
+            (640, 427, "JPEG", dict(quality=75, subsampling=0)),
+            (150, 120, "PNG", {}),
+            (900, 1200, "JPEG", dict(quality=85)),
+            (240, 320, "BMP", {}),
+            (333, 256, "PNG-P", {}),
+        ]
+    ):
+        image = Image.fromarray(uint8_images(1, h, w, seed=40 + i)[0])
+        if fmt == "PNG" and i == 2:
+            image.putalpha(Image.fromarray(uint8_images(1, h, w, seed=60)[0][..., 0]))
+        if fmt == "PNG-P":
+            image, fmt = image.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, **kw)
+        files.append(buf.getvalue())
+    return files
+
+
+def _end_to_end(tmp_path, checkpoint, overrides):
+    """max |logits(SavedModel on bytes) - logits(timm on PIL)|, and the two arg-maxes."""
+    import tensorflow as tf
+    import timm
+    import torch
+    from helpers import randomize_timm_model, save_timm_safetensors
+
+    ref_model = timm.create_model(checkpoint, pretrained=False, **overrides).eval()
+    randomize_timm_model(ref_model, seed=11)
+    weights = save_timm_safetensors(ref_model, tmp_path / "ckpt.safetensors")
+    model = keras_vit.create_model(checkpoint, weights=str(weights), **overrides)
+    export = export_saved_model(model, str(tmp_path / "export"))
+    files = _e2e_files()
+    _, timm_transform = timm_eval_steps(timm_model=ref_model)  # resolve_data_config({}, m)
+    batch = []
+    for data in files:
+        with Image.open(io.BytesIO(data)) as im:
+            batch.append(timm_transform(im.convert("RGB")))
+    with torch.no_grad():
+        ref = ref_model(torch.stack(batch)).numpy()
+    served = tf.saved_model.load(export).signatures["serve_image_bytes"]
+    out = served(image_bytes=tf.constant(files))["logits"].numpy()
+    # the images must be told apart by more than the tolerance, or agreement proves nothing
+    spread = float(np.abs(ref[:, None] - ref[None]).max())
+    assert spread > 3 * E2E_ATOL, f"random-weight logits barely depend on the image ({spread})"
+    print(f"{checkpoint}: logits spread over the images {spread:.3f}")
+    return float(np.abs(out - ref).max()), out.argmax(-1), ref.argmax(-1)
+
+
+@pytest.mark.parametrize("checkpoint,overrides", CHECKPOINTS, ids=[c for c, _ in CHECKPOINTS])
+def test_image_bytes_equal_timm_pipeline(tmp_path, checkpoint, overrides):
+    diff, ours, theirs = _end_to_end(tmp_path, checkpoint, overrides)
+    print(f"{checkpoint}: max |logit diff| {diff:.2e}")
+    assert diff <= E2E_ATOL, diff
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint", [c for c, o in CHECKPOINTS if o])
+def test_image_bytes_equal_timm_pipeline_full_size(tmp_path, checkpoint):
+    diff, ours, theirs = _end_to_end(tmp_path, checkpoint, {})
+    print(f"{checkpoint} (full size): max |logit diff| {diff:.2e}")
+    assert diff <= E2E_ATOL, diff
+    np.testing.assert_array_equal(ours, theirs)
