@@ -8,9 +8,13 @@ graph. Two signatures, both with a dynamic batch:
   normalisation is inside (added from its `mean`/`std` when the model was built with
   `include_preprocessing=False`).
 - `serve_image_bytes`: `image_bytes` string `[N]`, each an encoded JPEG/PNG/BMP/GIF of any size
-  (the first frame of an animated GIF) -> RGB -> resized to `H x W` (bilinear, antialiased;
-  left untouched when already that size) -> the model. Bytes that do not decode fail the
-  request with `InvalidArgumentError`; the server keeps running.
+  (the first frame of an animated GIF) -> timm's evaluation transform of the checkpoint
+  (`keras_vit.data.transform.EvalTransform`: decoded as PIL, resized with Pillow's filter to
+  `floor(size / crop_pct)`, centre-cropped to `H x W`; the same pixels as
+  `timm.data.create_transform(**resolve_data_config({}, model=m))` on PIL) -> the model.
+  The transform comes from `model.pretrained_cfg` (timm's defaults without one: 0.875,
+  center, bicubic) unless `export_saved_model(..., transform=...)` gives another. Bytes that
+  do not decode fail the request with `InvalidArgumentError`; the server keeps running.
 
 Outputs (a dict, the names TF Serving reports):
 - `logits` float32 `[N, C]`; `probabilities` float32 `[N, C]` (softmax of the logits);
@@ -58,11 +62,32 @@ def model_input(model, pixels):
     model was built with `include_preprocessing=False`)."""
     import numpy as np
 
+    from keras_vit.layers.preprocessing import normalize
+
     x = np.asarray(pixels, np.float32)
     norm = _normalisation(model)
     if norm is None:
         return x
-    return (x / 255.0 - np.asarray(norm[0], np.float32)) / np.asarray(norm[1], np.float32)
+    return normalize(x, np.asarray(norm[0], np.float32), np.asarray(norm[1], np.float32))
+
+
+def eval_transform(model, transform=None):
+    """The evaluation transform of `model` (`EvalTransform.from_model`), or `transform`,
+    checked against the model's input size."""
+    from keras_vit.data.transform import EvalTransform
+
+    size = input_size(model)
+    if transform is None:
+        return EvalTransform.from_model(model)
+    if not isinstance(transform, EvalTransform):
+        raise ValueError(
+            f"`transform` must be a keras_vit.data.transform.EvalTransform, got {transform!r}."
+        )
+    if tuple(transform.input_size) != size:
+        raise ValueError(
+            f"`transform` makes {transform.input_size} images but the model takes {size}."
+        )
+    return transform
 
 
 def resolve_class_names(model, class_names=None):
@@ -89,36 +114,17 @@ def resolve_class_names(model, class_names=None):
 
 
 # --- TensorFlow pieces of the graph --------------------------------------------------------
-def decode_images(image_bytes, size):
-    """string `[N]` of encoded images -> float32 `[N, H, W, 3]` RGB in 0..255.
-
-    `tf.io.decode_image` reads JPEG, PNG, BMP and GIF (first frame with
-    `expand_animations=False`); grey and RGBA become RGB. Undecodable bytes raise
-    `InvalidArgumentError` from the op.
-    """
-    import tensorflow as tf
-
-    height, width = size
-
-    def one(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-        image = tf.cast(image, tf.float32)  # (h, w, 3)
-        same = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
-        image = tf.cond(
-            same,
-            lambda: image,  # already the input size: exact pixels, no resampling
-            lambda: tf.image.resize(image, (height, width), method="bilinear", antialias=True),
-        )
-        return tf.ensure_shape(image, (height, width, 3))
-
-    return tf.map_fn(
-        one, image_bytes, fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32)
-    )
+def decode_images(image_bytes, transform):
+    """string `[N]` of encoded images -> float32 `[N, H, W, 3]` RGB in 0..255, through
+    `transform` (an `EvalTransform`). Undecodable bytes raise `InvalidArgumentError`."""
+    return transform.batch_from_bytes(image_bytes)
 
 
 def serving_function(model, top_k=TOP_K, class_names=None):
     """pixels float32 `[N, H, W, 3]` in 0..255 -> the output dict (see the module doc)."""
     import tensorflow as tf
+
+    from keras_vit.layers.preprocessing import normalize
 
     norm = _normalisation(model)
     headless = getattr(model, "num_classes", 1) == 0
@@ -129,9 +135,7 @@ def serving_function(model, top_k=TOP_K, class_names=None):
     def forward(pixels):
         x = pixels
         if norm is not None:  # the model takes normalised input: apply its mean/std here
-            mean = tf.constant(norm[0], tf.float32)
-            std = tf.constant(norm[1], tf.float32)
-            x = (x / 255.0 - mean) / std
+            x = normalize(x, tf.constant(norm[0], tf.float32), tf.constant(norm[1], tf.float32))
         out = tf.cast(model(x, training=False), tf.float32)  # (N, C)
         if headless:
             return {"features": out}
@@ -150,8 +154,20 @@ def serving_function(model, top_k=TOP_K, class_names=None):
     return forward
 
 
+def bytes_function(model, transform=None, top_k=TOP_K, class_names=None):
+    """string `[N]` of encoded images -> the output dict: `serve_image_bytes`, and what
+    `keras-vit predict` runs, so both give the same answer."""
+    forward = serving_function(model, top_k, class_names)
+    transform = eval_transform(model, transform)
+
+    def serve(image_bytes):
+        return forward(decode_images(image_bytes, transform))
+
+    return serve
+
+
 # --- SavedModel ----------------------------------------------------------------------------
-def export_saved_model(model, path, class_names=None, top_k=TOP_K):
+def export_saved_model(model, path, class_names=None, top_k=TOP_K, transform=None):
     """Write `model` as a SavedModel with the `serving_default` (pixels) and
     `serve_image_bytes` (encoded images) signatures described in this module's doc.
 
@@ -162,6 +178,9 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K):
         class_names: label names in output order; default: the model's checkpoint's, or
             ImageNet-1k's for a 1000-class model, else no `top_k_class_names` output.
         top_k: how many best classes `top_k_*` report (capped at the number of classes).
+        transform: the `keras_vit.data.transform.EvalTransform` of `serve_image_bytes`;
+            default: the model's checkpoint's (`model.pretrained_cfg`), timm's defaults for a
+            model without one.
     Returns: `path`.
     """
     import keras
@@ -177,12 +196,13 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K):
     size = input_size(model)
     names = resolve_class_names(model, class_names)
     forward = serving_function(model, top_k, names)
+    serve_bytes = bytes_function(model, transform, top_k, names)
 
     def serve_pixels(images):
         return forward(images)
 
     def serve_image_bytes(image_bytes):
-        return forward(decode_images(image_bytes, size))
+        return serve_bytes(image_bytes)
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -41,3 +41,38 @@ def assert_discriminative(logits, min_gap=1e-2):
     """Two different images must give clearly different outputs, or parity proves nothing."""
     gap = float(np.abs(logits[0] - logits[1]).max())
     assert gap > min_gap, f"outputs barely depend on the input (max gap {gap:.2e})"
+
+
+def timm_eval_steps(transform=None, timm_model=None):
+    """timm's evaluation transform up to `ToTensor` (PIL in, PIL out): from a timm model's
+    `resolve_data_config({}, model=m)`, or from an `EvalTransform`'s settings."""
+    from timm.data import create_transform, resolve_data_config
+
+    if timm_model is not None:
+        t = create_transform(**resolve_data_config({}, model=timm_model))
+    else:
+        t = create_transform(
+            input_size=(3, *transform.input_size),
+            crop_pct=transform.crop_pct,
+            crop_mode=transform.crop_mode,
+            interpolation=transform.interpolation,
+            mean=transform.mean,
+        )
+    steps = t.transforms
+    tail = [type(s).__name__ for s in steps[-2:]]
+    assert tail in (["ToTensor", "Normalize"], ["MaybeToTensor", "Normalize"]), steps
+    return steps[:-2], t
+
+
+def timm_eval_pixels(data, steps):
+    """timm's pipeline on encoded bytes: `Image.open(f).convert("RGB")` then `steps`;
+    uint8 `(H, W, 3)`."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        image = im.convert("RGB")
+    for step in steps:
+        image = step(image)
+    return np.asarray(image)

@@ -1,7 +1,8 @@
 """SavedModel for TF Serving: both signatures answer, in a process where keras and keras_vit
 cannot be imported, within 1e-4 of the Keras model (ViT and distilled DeiT, batch 1 and 7;
-the bytes signature fed PNGs at the input size); bad bytes fail the request, not the process;
-`saved_model_cli show --all` lists both signatures."""
+the bytes signature against the model on timm's eval pixels of the same PNGs); bad bytes fail
+the request, not the process; `saved_model_cli show --all` lists both signatures; a given
+`transform` replaces the checkpoint's."""
 
 import io
 import json
@@ -12,11 +13,18 @@ import textwrap
 
 import numpy as np
 import pytest
-from export_fixtures import assert_discriminative, randomize_keras_model, uint8_images
+from export_fixtures import (
+    assert_discriminative,
+    randomize_keras_model,
+    timm_eval_pixels,
+    timm_eval_steps,
+    uint8_images,
+)
 from helpers import subprocess_env
 from PIL import Image
 
 import keras_vit
+from keras_vit.data.transform import EvalTransform
 from keras_vit.export import export_saved_model, resolve_class_names
 
 ATOL = 1e-4
@@ -110,6 +118,10 @@ def served(tmp_path_factory):
         model = keras_vit.create_model(name, image_size=SIZE, depth=2)
         randomize_keras_model(model, seed=len(name))
         refs[name] = np.asarray(model.predict_on_batch(images.astype(np.float32)))
+        # the bytes signature: the checkpoint's eval transform (crop_pct 0.9, bicubic), as timm
+        steps, _ = timm_eval_steps(EvalTransform.from_model(model))
+        timm_pixels = np.stack([timm_eval_pixels(open(p, "rb").read(), steps) for p in pngs])
+        refs[name + "/bytes"] = np.asarray(model.predict_on_batch(timm_pixels.astype(np.float32)))
         exports[name] = str(tmp / name)
         export_saved_model(model, exports[name])
         refs[name + "/classes"] = resolve_class_names(model)
@@ -146,8 +158,9 @@ def _softmax(x):
 @pytest.mark.parametrize("batch", [1, 7])
 def test_signature_matches_keras(served, name, signature, batch):
     refs, results, _, _ = served
-    ref = refs[name][:batch]
-    assert_discriminative(refs[name])
+    key = name if signature == "pixels" else name + "/bytes"
+    ref = refs[key][:batch]
+    assert_discriminative(refs[key])
     out = {
         k.split("/")[-1]: v
         for k, v in results.items()
@@ -174,7 +187,8 @@ def test_signature_matches_keras(served, name, signature, batch):
 def test_bad_bytes_fail_the_request_not_the_process(served, name):
     refs, results, report, _ = served
     assert report[name] == ["InvalidArgumentError", "InvalidArgumentError"]
-    np.testing.assert_allclose(results[f"{name}/after_bad/logits"], refs[name][:1], atol=ATOL)
+    after = results[f"{name}/after_bad/logits"]
+    np.testing.assert_allclose(after, refs[name + "/bytes"][:1], atol=ATOL)
 
 
 def test_serving_process_never_imported_keras(served):
@@ -203,9 +217,9 @@ def test_saved_model_cli_lists_both_signatures(served):
     assert "shape: (-1)" in text  # the bytes input
 
 
-def test_decoder_reads_every_format_and_resizes(tmp_path):
-    """JPEG, BMP and GIF (first frame) of another size come out at the input size; PNG at
-    the input size comes out exact."""
+def test_decoder_reads_every_format_as_timm(tmp_path):
+    """JPEG, PNG, BMP and GIF (first frame) of another size come out at the input size with
+    timm's eval pixels (decode as PIL, resize, crop; `test_image_transform` has the rest)."""
     import tensorflow as tf
 
     from keras_vit.export import decode_images
@@ -220,11 +234,116 @@ def test_decoder_reads_every_format_and_resizes(tmp_path):
     frames = [Image.fromarray(image[0]), Image.fromarray(image[1])]
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
     encoded["GIF"] = buf.getvalue()
-    same = decode_images(tf.constant([encoded["PNG"]]), (30, 40)).numpy()
-    np.testing.assert_array_equal(same[0], image[0].astype(np.float32))
-    out = decode_images(tf.constant(list(encoded.values())), (16, 16)).numpy()
-    assert out.shape == (4, 16, 16, 3)
-    # each format decodes to (nearly) the same picture; GIF is the first frame, palettised
-    ref = out[0]
-    for i, tol in ((1, 12.0), (2, 1e-3), (3, 20.0)):
-        assert np.abs(out[i] - ref).mean() < tol
+    transform = EvalTransform((16, 16), crop_pct=0.9, interpolation="bicubic")
+    out = decode_images(tf.constant(list(encoded.values())), transform).numpy()
+    assert out.shape == (4, 16, 16, 3) and out.dtype == np.float32
+    steps, _ = timm_eval_steps(transform)
+    for i, data in enumerate(encoded.values()):
+        ref = timm_eval_pixels(data, steps).astype(np.float32)
+        assert np.abs(out[i] - ref).max() <= 1.0, list(encoded)[i]
+
+
+def test_transform_argument_replaces_the_checkpoints(tmp_path):
+    """`transform=` is what `serve_image_bytes` applies: squash at crop_pct 1 passes a PNG of
+    the input size through untouched (bytes == pixels), where the checkpoint's 0.9 crop
+    does not; a transform of another size is refused, naming both sizes."""
+    import tensorflow as tf
+
+    model = keras_vit.create_model(MODELS[0], image_size=SIZE, depth=1)
+    randomize_keras_model(model, seed=5)
+    images = uint8_images(2, SIZE, SIZE, seed=6)
+    pngs = tf.constant([_png(im) for im in images])
+    expected = np.asarray(model.predict_on_batch(images.astype(np.float32)))
+    logits = {}
+    for label, transform in (
+        ("given", EvalTransform((SIZE, SIZE), crop_pct=1.0, crop_mode="squash")),
+        ("checkpoint", None),
+    ):
+        path = export_saved_model(model, str(tmp_path / label), transform=transform)
+        fn = tf.saved_model.load(path).signatures["serve_image_bytes"]
+        logits[label] = fn(image_bytes=pngs)["logits"].numpy()
+    np.testing.assert_allclose(logits["given"], expected, atol=ATOL)
+    assert np.abs(logits["checkpoint"] - expected).max() > 10 * ATOL
+    with pytest.raises(ValueError, match=r"\(32, 32\).*\(48, 48\)"):
+        export_saved_model(model, str(tmp_path / "bad"), transform=EvalTransform((32, 32)))
+
+
+# --- end to end: a file's bytes -> SavedModel == timm's pipeline (PIL + create_transform) ----
+CHECKPOINTS = [
+    # (checkpoint, constructor overrides for CI: reduced depth, preprocessing from the tag)
+    ("deit_small_patch16_224.fb_in1k", {"depth": 2}),  # ImageNet mean/std, 0.875, bicubic
+    ("vit_base_patch16_224.augreg2_in21k_ft_in1k", {"depth": 2}),  # mean = std = 0.5, 0.9
+    ("mobilevit_s.cvnets_in1k", {}),  # no normalisation, 256 px, 0.9
+]
+E2E_ATOL = 0.03  # the acceptance bound; +-1 pixel level moves random-weight logits <= 0.015
+
+
+def _e2e_files():
+    """Files a user would send: JPEG 4:2:0 / 4:4:4, PNG RGBA and palette, BMP; portrait,
+    landscape, smaller and larger than the input."""
+    files = []
+    for i, (h, w, fmt, kw) in enumerate(
+        [
+            (375, 500, "JPEG", dict(quality=90)),
+            (640, 427, "JPEG", dict(quality=75, subsampling=0)),
+            (150, 120, "PNG", {}),
+            (900, 1200, "JPEG", dict(quality=85)),
+            (240, 320, "BMP", {}),
+            (333, 256, "PNG-P", {}),
+        ]
+    ):
+        image = Image.fromarray(uint8_images(1, h, w, seed=40 + i)[0])
+        if fmt == "PNG" and i == 2:
+            image.putalpha(Image.fromarray(uint8_images(1, h, w, seed=60)[0][..., 0]))
+        if fmt == "PNG-P":
+            image, fmt = image.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, **kw)
+        files.append(buf.getvalue())
+    return files
+
+
+def _end_to_end(tmp_path, checkpoint, overrides):
+    """max |logits(SavedModel on bytes) - logits(timm on PIL)|, and the two arg-maxes."""
+    import tensorflow as tf
+    import timm
+    import torch
+    from helpers import randomize_timm_model, save_timm_safetensors
+
+    ref_model = timm.create_model(checkpoint, pretrained=False, **overrides).eval()
+    randomize_timm_model(ref_model, seed=11)
+    weights = save_timm_safetensors(ref_model, tmp_path / "ckpt.safetensors")
+    model = keras_vit.create_model(checkpoint, weights=str(weights), **overrides)
+    export = export_saved_model(model, str(tmp_path / "export"))
+    files = _e2e_files()
+    _, timm_transform = timm_eval_steps(timm_model=ref_model)  # resolve_data_config({}, m)
+    batch = []
+    for data in files:
+        with Image.open(io.BytesIO(data)) as im:
+            batch.append(timm_transform(im.convert("RGB")))
+    with torch.no_grad():
+        ref = ref_model(torch.stack(batch)).numpy()
+    served = tf.saved_model.load(export).signatures["serve_image_bytes"]
+    out = served(image_bytes=tf.constant(files))["logits"].numpy()
+    # the images must be told apart by more than the tolerance, or agreement proves nothing
+    spread = float(np.abs(ref[:, None] - ref[None]).max())
+    assert spread > 3 * E2E_ATOL, f"random-weight logits barely depend on the image ({spread})"
+    print(f"{checkpoint}: logits spread over the images {spread:.3f}")
+    return float(np.abs(out - ref).max()), out.argmax(-1), ref.argmax(-1)
+
+
+@pytest.mark.parametrize("checkpoint,overrides", CHECKPOINTS, ids=[c for c, _ in CHECKPOINTS])
+def test_image_bytes_equal_timm_pipeline(tmp_path, checkpoint, overrides):
+    diff, ours, theirs = _end_to_end(tmp_path, checkpoint, overrides)
+    print(f"{checkpoint}: max |logit diff| {diff:.2e}")
+    assert diff <= E2E_ATOL, diff
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint", [c for c, o in CHECKPOINTS if o])
+def test_image_bytes_equal_timm_pipeline_full_size(tmp_path, checkpoint):
+    diff, ours, theirs = _end_to_end(tmp_path, checkpoint, {})
+    print(f"{checkpoint} (full size): max |logit diff| {diff:.2e}")
+    assert diff <= E2E_ATOL, diff
+    np.testing.assert_array_equal(ours, theirs)

@@ -1,4 +1,5 @@
-"""Reading image files for the commands: TensorFlow's decoder, as the SavedModel's."""
+"""Reading image files for the commands: the SavedModel's decoder and transform
+(`keras_vit.data.transform`), so a command sees the pixels a served model sees."""
 
 import os
 
@@ -11,18 +12,42 @@ def read_image_bytes(path):
         return f.read()
 
 
-def load_images(paths, size):
-    """Image files -> float32 `(N, H, W, 3)` in 0..255, decoded and resized exactly as the
-    SavedModel's `serve_image_bytes` does (`keras_vit.export.decode_images`)."""
+def unreadable(path):
+    """The one-line error for a file that does not decode."""
+    return ValueError(f"{path}: not a readable JPEG, PNG, BMP or GIF image (corrupt or truncated?)")
+
+
+def first_unreadable(paths):
+    """The first of `paths` that does not decode (as `serve_image_bytes` decodes), or None."""
     import tensorflow as tf
 
-    from keras_vit.export import decode_images
+    from keras_vit.data.transform import decode
 
+    fn = tf.function(decode)
+    for path in paths:
+        try:
+            fn(tf.constant(read_image_bytes(path)))
+        except tf.errors.OpError:
+            return path
+    return None
+
+
+def load_images(paths, transform):
+    """Image files -> float32 `(N, H, W, 3)` in 0..255 through `transform`: an `EvalTransform`,
+    or an `(H, W)` size for the whole picture squashed to it (Pillow's bicubic, no crop: what
+    an overlay on the original image needs)."""
+    import tensorflow as tf
+
+    from keras_vit.data.transform import EvalTransform
+
+    if not isinstance(transform, EvalTransform):
+        transform = EvalTransform(tuple(transform), crop_pct=1.0, crop_mode="squash")
+    fn = tf.function(lambda data: tf.cast(transform.from_bytes(data), tf.float32))
     batch = []
     for path in paths:
         data = read_image_bytes(path)
         try:
-            batch.append(decode_images(tf.constant([data]), size)[0])
+            batch.append(fn(tf.constant(data)))
         except tf.errors.OpError:
-            raise ValueError(f"{path}: not a JPEG, PNG, BMP or GIF image") from None
+            raise unreadable(path) from None
     return tf.stack(batch).numpy()

@@ -4,8 +4,9 @@ EPILOG = """examples:
   keras-vit predict photos/*.jpg --model vit_base_patch16_224 --weights vit_b16.safetensors
   keras-vit predict cat.jpg --weights my_model.keras
 
-Images are decoded and resized to the model's input size exactly as the exported SavedModel's
-`serve_image_bytes` signature does, so both give the same answer."""
+Images go through the checkpoint's evaluation transform (timm's: decoded as PIL, resized with
+Pillow's filter to size / crop_pct, centre-cropped) by the same graph as the exported
+SavedModel's `serve_image_bytes` signature, so both give the same answer."""
 
 BATCH = 16
 
@@ -22,7 +23,7 @@ def add_arguments(parser):
 
 def run(args):
     from keras_vit.cli import load_model, progress
-    from keras_vit.commands._images import load_images, read_image_bytes
+    from keras_vit.commands._images import first_unreadable, read_image_bytes, unreadable
 
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}.")
@@ -32,16 +33,22 @@ def run(args):
 
     import tensorflow as tf
 
-    from keras_vit.export import input_size, resolve_class_names, serving_function
+    from keras_vit.export import bytes_function, resolve_class_names
 
     if getattr(model, "num_classes", 1) == 0:
         raise ValueError(f"Model {model.name!r} has no classifier (num_classes=0).")
-    size = input_size(model)
     names = resolve_class_names(model)
-    forward = tf.function(serving_function(model, args.top, names))
+    # the SavedModel's `serve_image_bytes` graph: bytes -> eval transform -> model -> top-k
+    forward = tf.function(bytes_function(model, top_k=args.top, class_names=names))
     chunks = [args.images[i : i + BATCH] for i in range(0, len(args.images), BATCH)]
     for chunk in progress(chunks, desc="predict"):
-        out = forward(tf.constant(load_images(chunk, size)))
+        try:
+            out = forward(tf.constant([read_image_bytes(p) for p in chunk]))
+        except tf.errors.OpError:
+            bad = first_unreadable(chunk)
+            if bad is None:
+                raise
+            raise unreadable(bad) from None
         ids, probs = out["top_k_ids"].numpy(), out["top_k_probabilities"].numpy()
         for path, row_ids, row_probs in zip(chunk, ids, probs):
             print(path)

@@ -9,7 +9,7 @@ shared counter. So a run resumed at epoch `e` sees exactly the batches the unint
 saw, and parallel map threads cannot reorder random draws.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Shuffle buffer cap for data sets that do not fit in memory (the whole set otherwise).
 MAX_SHUFFLE_BUFFER = 50_000
@@ -20,23 +20,37 @@ MAX_CACHE_BYTES = 2 << 30
 @dataclass(frozen=True)
 class Preprocessing:
     """What a model expects: input size, and the normalisation the pipeline must apply
-    (None when the model normalises 0..255 input itself, keras_vit's default)."""
+    (None when the model normalises 0..255 input itself, keras_vit's default).
+
+    `transform` is how evaluation images reach that size: timm's eval transform
+    (`keras_vit.data.transform.EvalTransform`; None: timm's defaults at `image_size`). It is
+    left out of `==`, which compares what the model takes."""
 
     image_size: tuple
     mean: tuple = None
     std: tuple = None
+    transform: object = field(default=None, compare=False)
+
+    def eval_transform(self):
+        from keras_vit.data.transform import EvalTransform
+
+        return self.transform or EvalTransform(tuple(self.image_size))
 
 
 def preprocessing_for(model):
-    """Read the input size and normalisation from a model's config."""
+    """Read the input size, normalisation and evaluation transform from a model (its
+    `pretrained_cfg`, as timm's `resolve_data_config({}, model=m)`)."""
+    from keras_vit.data.transform import EvalTransform
+
     shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
     if shape is None or shape[1] is None or shape[2] is None:
         raise ValueError(f"Model {model.name!r} has no fixed input size (input shape {shape}).")
     size = (int(shape[1]), int(shape[2]))
+    transform = EvalTransform.from_model(model)
     if getattr(model, "include_preprocessing", True):
-        return Preprocessing(size)
+        return Preprocessing(size, transform=transform)
     # the model takes timm's normalised tensor: normalise here with its checkpoint's mean/std
-    return Preprocessing(size, tuple(model.mean), tuple(model.std))
+    return Preprocessing(size, tuple(model.mean), tuple(model.std), transform=transform)
 
 
 def epoch_seed(seed, epoch):
@@ -44,22 +58,55 @@ def epoch_seed(seed, epoch):
     return (int(seed) * 1_000_003 + int(epoch)) % (1 << 62)
 
 
+def _normalised(image, prep):
+    import tensorflow as tf
+
+    from keras_vit.layers.preprocessing import normalize
+
+    if prep.mean is None:
+        return image
+    return normalize(image, tf.constant(prep.mean), tf.constant(prep.std))
+
+
 def _prepare(prep):
     import tensorflow as tf
 
     def fn(image, label):
         image = tf.image.resize(image, prep.image_size, method="bilinear")  # (H, W, 3) float32
-        if prep.mean is not None:
-            image = (image / 255.0 - tf.constant(prep.mean)) / tf.constant(prep.std)
-        return image, tf.cast(label, tf.int32)
+        return _normalised(image, prep), tf.cast(label, tf.int32)
 
     return fn
 
 
-def _resized(examples, num_examples, prep):
+def _prepare_eval(prep):
+    """timm's eval transform. Images of whole numbers in 0..255 (decoded files, TFDS) take
+    its exact uint8 path (PIL's pixels); others (digits, 0..16 scaled to 0..255) its float
+    path (PIL's "F" mode, no rounding)."""
     import tensorflow as tf
 
-    ds = examples.map(_prepare(prep), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    transform = prep.eval_transform()
+
+    def fn(image, label):
+        image = tf.convert_to_tensor(image)
+        if image.dtype == tf.uint8:
+            out = tf.cast(transform(image), tf.float32)
+        else:
+            image = tf.cast(image, tf.float32)
+            whole = tf.reduce_all((image == tf.round(image)) & (image >= 0.0) & (image <= 255.0))
+            out = tf.cond(
+                whole,
+                lambda: tf.cast(transform(tf.cast(image, tf.uint8)), tf.float32),
+                lambda: transform(image),
+            )
+        return _normalised(out, prep), tf.cast(label, tf.int32)
+
+    return fn
+
+
+def _resized(examples, num_examples, prep, prepare=_prepare):
+    import tensorflow as tf
+
+    ds = examples.map(prepare(prep), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     h, w = prep.image_size
     if num_examples * h * w * 3 * 4 <= MAX_CACHE_BYTES:
         ds = ds.cache()
@@ -130,8 +177,9 @@ def train_dataset(
 
 
 def eval_dataset(splits, prep, batch_size):
-    """Validation batches in a fixed order, no augmentation, last partial batch kept."""
+    """Validation batches in a fixed order, no augmentation, last partial batch kept; images
+    through the model's evaluation transform (`prep.transform`, timm's), as timm evaluates."""
     import tensorflow as tf
 
-    ds = _resized(splits.val, splits.num_val, prep)
+    ds = _resized(splits.val, splits.num_val, prep, _prepare_eval)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,6 +1,14 @@
 import keras
 
 
+def normalize(images, mean, std, scale=255.0):
+    """`(images / scale - mean) / std`, per channel (last axis): the checkpoint's
+    normalisation. The one copy of this arithmetic: the model's `ImageNormalization`, the
+    SavedModel (for a model built with `include_preprocessing=False`), the tf.data pipeline and
+    numpy callers all call it, each passing `mean`/`std` as its own tensor type."""
+    return (images / scale - mean) / std
+
+
 @keras.saving.register_keras_serializable(package="keras_vit")
 class ImageNormalization(keras.layers.Layer):
     """RGB pixels in 0..`scale` -> `(x / scale - mean) / std`, per channel (NHWC).
@@ -24,7 +32,7 @@ class ImageNormalization(keras.layers.Layer):
         x = keras.ops.cast(images, self.compute_dtype)
         mean = keras.ops.convert_to_tensor(self.mean, self.compute_dtype)
         std = keras.ops.convert_to_tensor(self.std, self.compute_dtype)
-        return (x / self.scale - mean) / std
+        return normalize(x, mean, std, self.scale)
 
     def compute_output_shape(self, input_shape):
         return input_shape
