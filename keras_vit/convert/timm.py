@@ -36,7 +36,7 @@ def _param_table(layer):
         return _DENSE
     if isinstance(layer, keras.layers.BatchNormalization):
         return _BATCHNORM
-    if isinstance(layer, keras.layers.LayerNormalization):
+    if isinstance(layer, (keras.layers.LayerNormalization, keras.layers.GroupNormalization)):
         return _NORM
     custom = getattr(layer, "timm_param_names", None)  # our own layers declare theirs
     if custom is not None:

@@ -4,6 +4,7 @@ from keras_vit.layers.attention import MultiHeadSelfAttention
 from keras_vit.layers.depthwise_conv import ShiftAddDepthwiseConv2D
 from keras_vit.layers.drop_path import DropPath
 from keras_vit.layers.layer_scale import LayerScale
+from keras_vit.layers.linear_attention import LinearSelfAttention
 from keras_vit.layers.mlp import Mlp
 from keras_vit.layers.mobilevit_blocks import (
     ClassifierHead,
@@ -13,6 +14,7 @@ from keras_vit.layers.mobilevit_blocks import (
     fold_patches,
     unfold_patches,
 )
+from keras_vit.layers.mobilevitv2_blocks import LinearTransformerBlock, MobileViTV2Block
 from keras_vit.layers.patch_embedding import PatchEmbedding
 from keras_vit.layers.position_embedding import PositionEmbedding, resample_abs_pos_embed
 from keras_vit.layers.preprocessing import ImageNormalization
@@ -27,8 +29,11 @@ __all__ = [
     "ImageNormalization",
     "InvertedResidual",
     "LayerScale",
+    "LinearSelfAttention",
+    "LinearTransformerBlock",
     "Mlp",
     "MobileViTBlock",
+    "MobileViTV2Block",
     "MultiHeadSelfAttention",
     "PatchEmbedding",
     "PositionEmbedding",

@@ -7,25 +7,35 @@ from keras_vit.layers._validation import positive_int, rate
 class Mlp(keras.layers.Layer):
     """`fc1` -> activation -> dropout -> `fc2` -> dropout (timm's `Mlp`).
 
-    The default activation is the exact (erf) GELU, as `torch.nn.GELU()`.
+    The default activation is the exact (erf) GELU, as `torch.nn.GELU()`. With `use_conv`
+    (timm's `Mlp(use_conv=True)`, and `ConvMlp` without its norm when `drop=0`) `fc1`/`fc2` are
+    1x1 convolutions on `(B, H, W, C)`, whose kernels keep the conv layout of the checkpoint.
     """
 
-    def __init__(self, hidden_dim, out_dim=None, activation="gelu", drop=0.0, **kwargs):
+    def __init__(
+        self, hidden_dim, out_dim=None, activation="gelu", drop=0.0, use_conv=False, **kwargs
+    ):
         super().__init__(**kwargs)
         self.hidden_dim = positive_int("hidden_dim", hidden_dim)
         self.out_dim = None if out_dim is None else positive_int("out_dim", out_dim)
         self.activation = activation
         self.drop = rate("drop", drop)
+        self.use_conv = bool(use_conv)
         self._act = _activation(activation)
-        self.fc1 = keras.layers.Dense(hidden_dim, name="fc1", dtype=self.dtype_policy)
+        self.fc1 = self._linear(hidden_dim, "fc1")
         self.fc2 = None  # width known at build
         self.dropout = keras.layers.Dropout(self.drop, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         out_dim = self.out_dim or input_shape[-1]
-        self.fc2 = keras.layers.Dense(out_dim, name="fc2", dtype=self.dtype_policy)
+        self.fc2 = self._linear(out_dim, "fc2")
         self.fc1.build(input_shape)
         self.fc2.build(input_shape[:-1] + (self.hidden_dim,))
+
+    def _linear(self, units, name):
+        if self.use_conv:
+            return keras.layers.Conv2D(units, 1, name=name, dtype=self.dtype_policy)
+        return keras.layers.Dense(units, name=name, dtype=self.dtype_policy)
 
     def call(self, x, training=None):
         x = self.dropout(self._act(self.fc1(x)), training=training)
@@ -41,6 +51,7 @@ class Mlp(keras.layers.Layer):
             "out_dim": self.out_dim,
             "activation": self.activation,
             "drop": self.drop,
+            "use_conv": self.use_conv,
         }
 
 

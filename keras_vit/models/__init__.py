@@ -2,6 +2,7 @@
 
 from keras_vit.models.deit import DistilledVisionTransformer
 from keras_vit.models.mobilevit import MobileViT
+from keras_vit.models.mobilevitv2 import MobileViTV2
 from keras_vit.models.vit import VisionTransformer
 
-__all__ = ["DistilledVisionTransformer", "MobileViT", "VisionTransformer"]
+__all__ = ["DistilledVisionTransformer", "MobileViT", "MobileViTV2", "VisionTransformer"]

@@ -13,6 +13,7 @@ Layer names are timm's module paths (`stem/conv`, `stages_2_1/transformer_0/attn
 `final_conv/bn`, `head/fc`), so a timm state_dict loads through the generic map.
 """
 
+import functools
 import re
 
 import keras
@@ -43,8 +44,105 @@ def _int_tuple(name, values, length=None):
     return values
 
 
+class MobileViTBase(XLAByDefault, keras.Model):
+    """What MobileViT v1 and v2 share beyond their blocks: timm's `ByobNet` stage layout,
+    its `features_only` maps and checkpoint keys. Subclasses set `strides`, `features_only`
+    and `_views` (with `features`)."""
+
+    @property
+    def feature_strides(self):
+        """Output stride of each feature map of `feature_model()`: (2, 4, 8, 16, 32)."""
+        strides = np.cumprod((2,) + self.strides).tolist()  # stem, then each stage
+        return tuple(strides[1:-1] + strides[-1:])
+
+    @property
+    def head_keys(self):
+        """Checkpoint keys of the classifier, which a new `num_classes` starts afresh."""
+        return ("head.fc.weight", "head.fc.bias")
+
+    def feature_model(self):
+        """A `keras.Model` over the same layers returning the five feature maps
+        `(B, H/s, W/s, C)` at strides 2, 4, 8, 16, 32 (timm's `features_only=True`)."""
+        return keras.Model(self.inputs, self._views.features, name=f"{self.name}_features")
+
+    def adapt_checkpoint(self, state_dict):
+        """Keys of timm's `features_only` model (`stages_2.1.` for `stages.2.1.`) are renamed;
+        a backbone built with `features_only` has no head, so classifier tensors are dropped."""
+        state_dict = {
+            re.sub(r"^stages_(\d+)\.", r"stages.\1.", k): v for k, v in state_dict.items()
+        }
+        if self.features_only:
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+        return state_dict
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def check_stage_args(channels, depths, strides, transformer_dims, transformer_depths):
+    """Per-stage tuples, checked: one entry of `depths`/`strides` per stage, one transformer
+    depth per transformer stage, at most as many transformer stages as stages."""
+    channels = _int_tuple("channels", channels)
+    n = len(channels)
+    depths = _int_tuple("depths", depths, n)  # n: the stages, one per entry of `channels`
+    strides = _int_tuple("strides", strides, n)
+    transformer_dims = _int_tuple("transformer_dims", transformer_dims)
+    transformer_depths = _int_tuple("transformer_depths", transformer_depths, len(transformer_dims))
+    if len(transformer_dims) > n:
+        raise ValueError(
+            f"{len(transformer_dims)} transformer stages but only {n} stages ({channels})."
+        )
+    return channels, depths, strides, transformer_dims, transformer_depths
+
+
+def check_head_args(global_pool, num_classes, drop_rate, attn_drop_rate, drop_path_rate):
+    if global_pool != "avg":
+        raise ValueError(f"`global_pool` must be 'avg' for MobileViT, got {global_pool!r}.")
+    non_negative_int("num_classes", num_classes)
+    for arg, value in dict(
+        drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate
+    ).items():
+        rate(arg, value)
+
+
+def mobilevit_stages(
+    x, channels, depths, strides, expansion, se_ratio, drop_path_rate, global_blocks, dtype
+):
+    """The stages of timm's MobileViT `ByobNet` on the stem's output `x`: stage s is
+    `depths[s]` inverted residuals `stages_{s}_{j}` (the first with `strides[s]`), and each of
+    the last `len(global_blocks)` stages ends with one more block, `global_blocks[t](filters=,
+    drop_path=, name=, dtype=)` (a MobileViT v1 or v2 block). Returns `(x, stage_outputs)`."""
+    n = len(channels)
+    first_global_stage = n - len(global_blocks)
+    # stochastic depth linear over all blocks, one rate per block (timm's `dpr`)
+    num_blocks = sum(depths) + len(global_blocks)
+    drop_paths = iter(np.linspace(0.0, drop_path_rate, num_blocks).tolist())
+    stage_outputs = []
+    for s in range(n):
+        for j in range(depths[s]):
+            x = InvertedResidual(
+                channels[s],
+                strides=strides[s] if j == 0 else 1,
+                expansion=expansion,
+                se_ratio=se_ratio,
+                drop_path=next(drop_paths),
+                name=f"stages_{s}_{j}",
+                dtype=dtype,
+            )(x)
+        if s >= first_global_stage:
+            x = global_blocks[s - first_global_stage](
+                filters=channels[s],
+                drop_path=next(drop_paths),
+                name=f"stages_{s}_{depths[s]}",
+                dtype=dtype,
+            )(x)
+        stage_outputs.append(x)
+    return x, stage_outputs
+
+
 @keras.saving.register_keras_serializable(package="keras_vit")
-class MobileViT(XLAByDefault, keras.Model):
+class MobileViT(MobileViTBase):
     """MobileViT classifier or backbone, NHWC input.
 
     Fully convolutional apart from the transformers on unfolded patches, so any `image_size`
@@ -96,26 +194,11 @@ class MobileViT(XLAByDefault, keras.Model):
         **kwargs,
     ):
         image_size = pair("image_size", image_size)
-        channels = _int_tuple("channels", channels)
-        n = len(channels)
-        depths = _int_tuple("depths", depths, n)  # n: the stages, one per entry of `channels`
-        strides = _int_tuple("strides", strides, n)
-        transformer_dims = _int_tuple("transformer_dims", transformer_dims)
-        transformer_depths = _int_tuple(
-            "transformer_depths", transformer_depths, len(transformer_dims)
+        channels, depths, strides, transformer_dims, transformer_depths = check_stage_args(
+            channels, depths, strides, transformer_dims, transformer_depths
         )
-        if len(transformer_dims) > n:
-            raise ValueError(
-                f"{len(transformer_dims)} transformer stages but only {n} stages ({channels})."
-            )
-        if global_pool != "avg":
-            raise ValueError(f"`global_pool` must be 'avg' for MobileViT, got {global_pool!r}.")
-        non_negative_int("num_classes", num_classes)
+        check_head_args(global_pool, num_classes, drop_rate, attn_drop_rate, drop_path_rate)
         non_negative_int("num_features", num_features)
-        for arg, value in dict(
-            drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate
-        ).items():
-            rate(arg, value)
 
         # === graph ===
         images = keras.Input((image_size[0], image_size[1], in_channels), name="images")
@@ -123,37 +206,29 @@ class MobileViT(XLAByDefault, keras.Model):
         if include_preprocessing:
             x = ImageNormalization(mean, std, name="preprocessing", dtype=dtype)(x)
         x = ConvNormAct(stem_channels, 3, 2, name="stem", dtype=dtype)(x)  # (B, H/2, W/2, 16)
-        first_transformer_stage = n - len(transformer_dims)
-        # stochastic depth linear over all blocks, one rate per block (timm's `dpr`)
-        num_blocks = sum(depths) + len(transformer_dims)
-        drop_paths = iter(np.linspace(0.0, drop_path_rate, num_blocks).tolist())
-        stage_outputs = []
-        for s in range(n):
-            for j in range(depths[s]):
-                x = InvertedResidual(
-                    channels[s],
-                    strides=strides[s] if j == 0 else 1,
-                    expansion=expansion,
-                    se_ratio=se_ratio,
-                    drop_path=next(drop_paths),
-                    name=f"stages_{s}_{j}",
-                    dtype=dtype,
-                )(x)
-            if s >= first_transformer_stage:
-                t = s - first_transformer_stage
-                x = MobileViTBlock(
-                    transformer_dims[t],
-                    transformer_depths[t],
-                    filters=channels[s],
-                    patch_size=patch_size,
-                    num_heads=num_heads,
-                    mlp_ratio=mlp_ratio,
-                    attn_drop=attn_drop_rate,
-                    drop_path=next(drop_paths),
-                    name=f"stages_{s}_{depths[s]}",
-                    dtype=dtype,
-                )(x)
-            stage_outputs.append(x)
+        mobilevit_blocks = [
+            functools.partial(
+                MobileViTBlock,
+                dim,
+                depth,
+                patch_size=patch_size,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                attn_drop=attn_drop_rate,
+            )
+            for dim, depth in zip(transformer_dims, transformer_depths)
+        ]
+        x, stage_outputs = mobilevit_stages(
+            x,
+            channels,
+            depths,
+            strides,
+            expansion,
+            se_ratio,
+            drop_path_rate,
+            mobilevit_blocks,
+            dtype,
+        )
         if num_features:
             x = ConvNormAct(num_features, 1, name="final_conv", dtype=dtype)(x)
         # timm's feature_info: every stage output before a stride, then final_conv
@@ -190,32 +265,6 @@ class MobileViT(XLAByDefault, keras.Model):
         self.in_channels = in_channels
         self._views = Views(features=features)
 
-    @property
-    def feature_strides(self):
-        """Output stride of each feature map of `feature_model()`: (2, 4, 8, 16, 32)."""
-        strides = np.cumprod((2,) + self.strides).tolist()  # stem, then each stage
-        return tuple(strides[1:-1] + strides[-1:])
-
-    @property
-    def head_keys(self):
-        """Checkpoint keys of the classifier, which a new `num_classes` starts afresh."""
-        return ("head.fc.weight", "head.fc.bias")
-
-    def feature_model(self):
-        """A `keras.Model` over the same layers returning the five feature maps
-        `(B, H/s, W/s, C)` at strides 2, 4, 8, 16, 32 (timm's `features_only=True`)."""
-        return keras.Model(self.inputs, self._views.features, name=f"{self.name}_features")
-
-    def adapt_checkpoint(self, state_dict):
-        """Keys of timm's `features_only` model (`stages_2.1.` for `stages.2.1.`) are renamed;
-        a backbone built with `features_only` has no head, so classifier tensors are dropped."""
-        state_dict = {
-            re.sub(r"^stages_(\d+)\.", r"stages.\1.", k): v for k, v in state_dict.items()
-        }
-        if self.features_only:
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
-        return state_dict
-
     def get_config(self):
         return {
             "image_size": self.image_size,
@@ -244,10 +293,6 @@ class MobileViT(XLAByDefault, keras.Model):
             "name": self.name,
             "dtype": self.dtype_policy.name,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 # The paper's Table 4 / timm's `model_cfgs`: stage channels, transformer widths

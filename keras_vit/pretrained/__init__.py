@@ -69,8 +69,13 @@ class PretrainedCfg:
         return class_names(self.label_set) if self.label_set == "imagenet-1k" else None
 
     def model_defaults(self):
-        """Constructor defaults this checkpoint brings: classes and normalisation."""
-        return {"num_classes": self.num_classes, "mean": self.mean, "std": self.std}
+        """Constructor defaults this checkpoint brings: classes and normalisation, and for a
+        fully convolutional family (timm's `fixed_input_size=False`: MobileViT) the size it
+        was trained at (`mobilevitv2_150.cvnets_in22k_ft_in1k_384` builds a 384 model)."""
+        defaults = {"num_classes": self.num_classes, "mean": self.mean, "std": self.std}
+        if not self.fixed_input_size:
+            defaults["image_size"] = tuple(self.input_size)
+        return defaults
 
 
 @functools.lru_cache(maxsize=1)
