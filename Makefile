@@ -18,9 +18,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check keras_vit tests examples
 	$(VENV)/bin/ruff check keras_vit tests examples
 
-# The CI suite: every registered name at test size, parity against live timm.
+# The CI suite: every registered name at test size, parity against live timm. It fails, saying
+# why, when timm / torch / transformers are missing or a parity test skips (tests/conftest.py);
+# the opt-out for partial local runs is removed here.
 test: lint
-	$(PY) -m pytest -q
+	env -u KERAS_VIT_ALLOW_MISSING_REFERENCES $(PY) -m pytest -q
 
 # Full-size parity for every variant of every family (tens of minutes on 2 cores).
 parity: $(STAMP)

@@ -6,6 +6,7 @@ DESIGN.md ("How correctness is shown").
 """
 
 import math
+import os
 
 import numpy as np
 
@@ -78,6 +79,13 @@ def structured_images(n, height, width, seed=0, channels=3):
     return img.astype(np.float32)
 
 
+def structured_pixels(n, height, width, seed=0):
+    """NHWC float32 RGB pixel values in 0..255 with the structure of `structured_images`: for
+    tests of the 0..255 preprocessing path (uniform noise pixels give near-identical logits)."""
+    images = nchw_to_nhwc(structured_images(n, height, width, seed=seed))
+    return np.clip(127.5 + 60.0 * images, 0.0, 255.0).astype(np.float32)
+
+
 def nchw_to_nhwc(x):
     return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
 
@@ -109,3 +117,30 @@ def assert_parity(ours, reference, atol=ATOL, discriminative=True):
         spread = float(np.max(np.abs(reference[0] - reference[1])))
         assert spread > 0.05, f"test inputs give near-identical outputs (spread {spread:.3g})"
     return diff
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS_DIR = os.path.join(REPO_ROOT, "tests")
+
+
+def subprocess_env(*, keep_tf_log_level=True, **overrides):
+    """The environment for a test's child Python: this checkout's `keras_vit` and `tests/` on
+    PYTHONPATH, TensorFlow's start-up logging quiet, no inherited TF_CONFIG.
+
+    `keep_tf_log_level=False` removes TF_CPP_MIN_LOG_LEVEL (the CLI sets its own); every
+    keyword sets one variable (None removes it), e.g. `CUDA_VISIBLE_DEVICES=""`.
+    """
+    env = dict(os.environ)
+    env.pop("TF_CONFIG", None)
+    path = [REPO_ROOT, TESTS_DIR] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
+    if keep_tf_log_level:
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    else:
+        env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env

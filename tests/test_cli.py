@@ -1,13 +1,13 @@
 """`python -m keras_vit`: predict, export and attention on a small saved model; user mistakes
 end with one line on stderr, exit code 2 and no traceback."""
 
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from export_fixtures import randomize_keras_model, uint8_images
+from helpers import subprocess_env
 from PIL import Image
 
 import keras_vit
@@ -15,8 +15,7 @@ from keras_vit.export import serving_function
 
 
 def _cli(*args):
-    env = dict(os.environ)
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI silences TensorFlow's start-up itself
+    env = subprocess_env(keep_tf_log_level=False)  # the CLI silences TF's start-up itself
     return subprocess.run(
         [sys.executable, "-m", "keras_vit", *map(str, args)],
         capture_output=True,

@@ -54,9 +54,18 @@ def test_epoch_order_depends_on_seed_and_epoch_only(digits):
     assert not np.array_equal(full[0][1], full[14][1])
     other, _ = train_dataset(digits, prep, batch_size=100, seed=4, epochs=1)
     assert not np.array_equal(full[0][1], next(iter(other))[1].numpy())
-    # an epoch covers distinct examples: 1400 labels drawn without replacement
-    labels = np.concatenate([y for _, y in full[:14]])
-    assert np.bincount(labels, minlength=10).sum() == 1400
+    # each epoch draws 1400 of the 1438 training images without replacement: none twice (the
+    # training images are all different, so a repeat would show), no class more often than
+    # the training split holds it
+    train_images = {x.numpy().tobytes() for x, _ in digits.train}
+    assert len(train_images) == digits.num_train
+    train_counts = np.bincount([int(y.numpy()) for _, y in digits.train], minlength=10)
+    for epoch in range(3):
+        batches = full[14 * epoch : 14 * (epoch + 1)]
+        images = np.concatenate([x for x, _ in batches])
+        assert len({im.tobytes() for im in images}) == 1400
+        labels = np.concatenate([y for _, y in batches])
+        assert np.all(np.bincount(labels, minlength=10) <= train_counts)
 
 
 def test_augmentation_is_stateless_per_batch(digits):

@@ -11,18 +11,18 @@ import pytest
 from helpers import (
     assert_parity,
     nchw_to_nhwc,
-    randomize_timm_model,
     save_timm_safetensors,
     structured_images,
+    structured_pixels,
     timm_forward,
 )
+from parity import ParityCase, assert_param_count, build_reference, run_parity
 
 import keras_vit
 from keras_vit.models import DistilledVisionTransformer, VisionTransformer
 
 timm = pytest.importorskip("timm")
 torch = pytest.importorskip("torch")
-from timm.models.deit import checkpoint_filter_fn  # noqa: E402
 
 DEIT_NAMES = keras_vit.list_models("deit_*")
 TINY = [n for n in DEIT_NAMES if n.startswith("deit_tiny")]
@@ -35,41 +35,23 @@ def _resampled_size(name):
     return (p * (grid + 2), p * max(grid - 2, 2))
 
 
-def _timm_heads(model, images):
-    """(cls_logits, dist_logits) from timm: the tuple it returns in distilled training mode."""
-    model.set_distilled_training(True)
-    model.train()  # every dropout rate is 0, so train mode changes only the head's output
-    try:
-        return timm_forward(model, images)
-    finally:
-        model.eval()
-        model.set_distilled_training(False)
+def _case(name, sizes, **arch):
+    return ParityCase(name, arch, image_sizes=sizes, heads="distilled" in name)
 
 
-def _check(name, tmp_path, image_sizes=(None,), batch=2, **arch):
-    ref = randomize_timm_model(timm.create_model(name, **arch).eval(), seed=len(name))
-    path = save_timm_safetensors(ref, tmp_path / "w.safetensors")
-    distilled = "distilled" in name
-    diffs = {}
-    for size in image_sizes:
-        if size is None:
-            tm, (h, w) = ref, ref.patch_embed.img_size
-        else:
-            h, w = size
-            tm = timm.create_model(name, img_size=(h, w), **arch).eval()
-            tm.load_state_dict(checkpoint_filter_fn(ref.state_dict(), tm))
-        images = structured_images(batch, h, w, seed=h + w)
-        model = keras_vit.create_model(
-            name, weights=path, image_size=size, include_preprocessing=False, **arch
-        )
-        assert type(model) is (DistilledVisionTransformer if distilled else VisionTransformer)
-        x = nchw_to_nhwc(images)
-        diffs[(h, w)] = [assert_parity(model.predict_on_batch(x), timm_forward(tm, images))]
-        if distilled:
-            ours = model.heads_model.predict_on_batch(x)
-            for a, b in zip(ours, _timm_heads(tm, images), strict=True):
-                diffs[(h, w)].append(assert_parity(a, b))
-    return diffs
+DEPTH_2 = [_case(n, (None, _resampled_size(n)), depth=2) for n in DEIT_NAMES]
+FULL_DEPTH_TINY = [_case(n, (None,)) for n in TINY]
+FULL_SIZE = [_case(n, (None, _resampled_size(n))) for n in DEIT_NAMES]
+
+
+def _run(case, tmp_path):
+    """run_parity, and the class each name builds."""
+    cls = DistilledVisionTransformer if case.heads else VisionTransformer
+
+    def check_class(model):
+        assert type(model) is cls
+
+    return run_parity(case, tmp_path, check_model=check_class)
 
 
 def test_registry_covers_timm_deit():
@@ -93,47 +75,45 @@ def test_registry_covers_timm_deit():
         assert (3, spec.arch["image_size"], spec.arch["image_size"]) == cfg.input_size
 
 
-@pytest.mark.parametrize("name", DEIT_NAMES)
-def test_parity_every_variant_at_depth_2(name, tmp_path):
-    _check(name, tmp_path, image_sizes=[None, _resampled_size(name)], depth=2)
+@pytest.mark.parametrize("case", DEPTH_2, ids=str)
+def test_parity_every_variant_at_depth_2(case, tmp_path):
+    _run(case, tmp_path)
 
 
-@pytest.mark.parametrize("name", TINY)
-def test_parity_full_depth_tiny_variants(name, tmp_path):
-    _check(name, tmp_path)
+@pytest.mark.parametrize("case", FULL_DEPTH_TINY, ids=str)
+def test_parity_full_depth_tiny_variants(case, tmp_path):
+    _run(case, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", DEIT_NAMES)
-def test_parity_full_size(name, tmp_path):
-    diffs = _check(name, tmp_path, image_sizes=[None, _resampled_size(name)])
-    print(f"{name}: max |diff| (averaged[, cls, dist]) per size: {diffs}")
+@pytest.mark.parametrize("case", FULL_SIZE, ids=str)
+def test_parity_full_size(case, tmp_path):
+    _run(case, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DEIT_NAMES)
 def test_param_count_matches_timm(name):
-    with torch.device("meta"):
-        expected = sum(p.numel() for p in timm.create_model(name).parameters())
-    assert keras_vit.create_model(name).count_params() == expected
+    assert_param_count(name)
 
 
 @pytest.fixture(scope="module")
 def tiny_distilled(tmp_path_factory):
     name = "deit_tiny_distilled_patch16_224"
-    ref = randomize_timm_model(timm.create_model(name, depth=2).eval(), seed=7)
-    path = save_timm_safetensors(ref, tmp_path_factory.mktemp("w") / "tiny.safetensors")
+    ref = build_reference(ParityCase(name, dict(depth=2), seed=7))
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_timm_safetensors(ref, path)
     return name, ref, path
 
 
 def test_preprocessing_uses_imagenet_mean_std(tiny_distilled):
     name, ref, path = tiny_distilled
-    pixels = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    pixels = structured_pixels(2, 224, 224)
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     normalised = ((pixels / 255.0 - mean) / std).astype(np.float32)
     model = keras_vit.create_model(name, depth=2, weights=path)
     expected = timm_forward(ref, np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
-    assert_parity(model.predict_on_batch(pixels), expected, discriminative=False)
+    assert_parity(model.predict_on_batch(pixels), expected)
 
 
 def test_features_are_mean_of_both_tokens(tiny_distilled):

@@ -5,7 +5,6 @@ or two; the formulas are recomputed here in float64 numpy, independently of the 
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from helpers import subprocess_env
 
 import keras_vit
 from keras_vit.models import DistilledVisionTransformer
@@ -159,10 +159,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 def _run(script, tmp_path, backend="tensorflow"):
     path = tmp_path / "script.py"
     path.write_text(script)
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__))]
-    )
+    env = subprocess_env(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
         [sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=600
     )

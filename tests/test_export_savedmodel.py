@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 from export_fixtures import assert_discriminative, randomize_keras_model, uint8_images
+from helpers import subprocess_env
 from PIL import Image
 
 import keras_vit
@@ -121,7 +122,7 @@ def served(tmp_path_factory):
     )
     (tmp / "job.json").write_text(json.dumps(job))
     (tmp / "serve.py").write_text(SERVE_SCRIPT)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = subprocess_env()
     proc = subprocess.run(
         [sys.executable, str(tmp / "serve.py"), str(tmp / "job.json")],
         capture_output=True,
@@ -189,7 +190,7 @@ def test_saved_model_cli_lists_both_signatures(served):
         [cli, "show", "--dir", exports[MODELS[1]], "--all"],
         capture_output=True,
         text=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        env=subprocess_env(),
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,12 +1,17 @@
 """The same model code runs on Keras's JAX backend, without TensorFlow, and matches timm."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-from helpers import randomize_timm_model, save_timm_safetensors, structured_images, timm_forward
+from helpers import (
+    randomize_timm_model,
+    save_timm_safetensors,
+    structured_images,
+    subprocess_env,
+    timm_forward,
+)
 
 timm = pytest.importorskip("timm")
 pytest.importorskip("jax")
@@ -43,7 +48,7 @@ def test_vit_on_jax_backend_matches_timm(tmp_path):
     weights = save_timm_safetensors(ref, tmp_path / "w.safetensors")
     images = structured_images(2, 224, 224)
     np.save(tmp_path / "x.npy", images.transpose(0, 2, 3, 1))
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    env = subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [
             sys.executable,

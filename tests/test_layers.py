@@ -6,9 +6,6 @@ import pytest
 
 from keras_vit import layers
 
-torch = pytest.importorskip("torch")
-timm_layers = pytest.importorskip("timm.layers")
-
 
 @pytest.mark.parametrize(
     "old,new,prefix",
@@ -21,6 +18,8 @@ timm_layers = pytest.importorskip("timm.layers")
 )
 @pytest.mark.parametrize("antialias", [True, False])
 def test_resample_abs_pos_embed_matches_timm(old, new, prefix, antialias):
+    torch = pytest.importorskip("torch")
+    timm_layers = pytest.importorskip("timm.layers")
     rng = np.random.default_rng(0)
     posemb = rng.standard_normal((1, prefix + old[0] * old[1], 16)).astype(np.float32)
     expected = timm_layers.resample_abs_pos_embed(

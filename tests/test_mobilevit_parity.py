@@ -10,11 +10,12 @@ import pytest
 from helpers import (
     assert_parity,
     nchw_to_nhwc,
-    randomize_timm_model,
     save_timm_safetensors,
     structured_images,
+    structured_pixels,
     timm_forward,
 )
+from parity import ParityCase, assert_param_count, build_reference, run_parity
 
 import keras_vit
 from keras_vit.layers import fold_patches, unfold_patches
@@ -25,6 +26,9 @@ torch = pytest.importorskip("torch")
 
 NAMES = ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s"]
 OTHER_SIZES = {"mobilevit_xxs": [192, 224], "mobilevit_xs": [224], "mobilevit_s": [192]}
+CASES = [
+    ParityCase(n, image_sizes=(256, *OTHER_SIZES[n]), seed=10 + i) for i, n in enumerate(NAMES)
+]
 
 
 def test_registry_has_timm_mobilevit_v1():
@@ -37,33 +41,21 @@ def test_registry_has_timm_mobilevit_v1():
 def checkpoints(tmp_path_factory):
     """name -> (randomised timm classifier, its safetensors file)."""
     out, folder = {}, tmp_path_factory.mktemp("mobilevit")
-    for i, name in enumerate(NAMES):
-        ref = randomize_timm_model(timm.create_model(name).eval(), seed=10 + i)
-        out[name] = ref, save_timm_safetensors(ref, folder / f"{name}.safetensors")
+    for case in CASES:
+        ref = build_reference(case)
+        out[case.timm_name] = ref, save_timm_safetensors(ref, folder / f"{case}.safetensors")
     return out
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_parity_at_256_and_another_size(name, checkpoints):
-    ref, path = checkpoints[name]
-    for size in [256, *OTHER_SIZES[name]]:
-        images = structured_images(2, size, size, seed=size)
-        model = keras_vit.create_model(
-            name, weights=path, image_size=size, include_preprocessing=False
-        )
-        diff = assert_parity(
-            model.predict_on_batch(nchw_to_nhwc(images)), timm_forward(ref, images)
-        )
-        print(f"{name} at {size}: max |logit diff| {diff:.3g}")
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_parity_at_256_and_another_size(case, tmp_path):
+    run_parity(case, tmp_path)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_param_count_matches_timm(name):
-    with torch.device("meta"):
-        expected = sum(p.numel() for p in timm.create_model(name).parameters())
-    model = keras_vit.create_model(name)
-    # count_params() also counts BatchNorm moving statistics, which timm keeps as buffers
-    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == expected
+    # trainable weights = timm's parameters; BatchNorm moving statistics = timm's buffers
+    assert_param_count(name)
 
 
 def test_features_only_matches_timm_features_only(checkpoints):
@@ -83,7 +75,7 @@ def test_features_only_matches_timm_features_only(checkpoints):
     assert len(ours) == len(expected) == 5
     for a, b in zip(ours, expected):
         assert a.shape == nchw_to_nhwc(b).shape
-        assert_parity(a, nchw_to_nhwc(b), discriminative=False)
+        assert_parity(a, nchw_to_nhwc(b))
 
     # the same maps from a classifier's feature_model(), and from timm's own key layout
     classifier = keras_vit.create_model("mobilevit_xxs", weights=path, include_preprocessing=False)
@@ -100,7 +92,7 @@ def test_features_only_matches_timm_features_only(checkpoints):
 
 def test_preprocessing_pooled_features_and_new_head(checkpoints):
     ref, path = checkpoints["mobilevit_xxs"]
-    pixels = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    pixels = structured_pixels(2, 64, 64)
     nchw = np.ascontiguousarray((pixels / 255.0).transpose(0, 3, 1, 2))  # mean 0, std 1
     model = keras_vit.create_model("mobilevit_xxs", weights=path, image_size=64)
     assert_parity(model.predict_on_batch(pixels), timm_forward(ref, nchw))

@@ -3,12 +3,12 @@ equals one device for the same global batch; two MultiWorkerMirrored workers on 
 both finish and only the chief writes."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
 
 import pytest
+from helpers import subprocess_env
 
 from keras_vit.training import strategy as S
 
@@ -20,10 +20,7 @@ SMALL = [
 
 
 def _env(**extra):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("TF_CONFIG", None)
-    env.update(extra)
-    return env
+    return subprocess_env(CUDA_VISIBLE_DEVICES="", **extra)
 
 
 def test_auto_picks_multiworker_only_for_a_cluster(monkeypatch):

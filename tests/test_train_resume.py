@@ -4,7 +4,6 @@ on, so the data order, the augmentation and the dropout generators must all be r
 (RandAugment's per-batch determinism is checked in test_data.py)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import subprocess_env
 
 # a small student at 16x16 (16 patches), 3 short epochs, the full DeiT augmentation
 ARGS = [
@@ -28,7 +28,7 @@ def _cmd(output):
 
 
 def _env():
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess_env(CUDA_VISIBLE_DEVICES="")
 
 
 def _run(output):

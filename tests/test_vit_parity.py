@@ -14,14 +14,15 @@ from helpers import (
     randomize_timm_model,
     save_timm_safetensors,
     structured_images,
+    structured_pixels,
     timm_forward,
 )
+from parity import ParityCase, assert_param_count, run_parity
 
 import keras_vit
 
 timm = pytest.importorskip("timm")
 torch = pytest.importorskip("torch")
-from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
 
 VIT_NAMES = keras_vit.list_models("vit_*")
 SMALL = [n for n in VIT_NAMES if re.match(r"vit_(tiny|small)_", n)]
@@ -31,27 +32,12 @@ def _other_sizes(name):
     """Two other resolutions on the patch grid: one smaller square, one larger non-square."""
     spec = keras_vit.registry.get_spec(name).arch
     p, grid = spec["patch_size"], spec["image_size"] // spec["patch_size"]
-    return [p * max(grid - 3, 2), (p * (grid + 2), p * max(grid - 2, 2))]
+    return (p * max(grid - 3, 2), (p * (grid + 2), p * max(grid - 2, 2)))
 
 
-def _check(name, tmp_path, image_sizes=(None,), batch=2, **arch):
-    ref = randomize_timm_model(timm.create_model(name, **arch).eval(), seed=len(name))
-    path = save_timm_safetensors(ref, tmp_path / "w.safetensors")
-    diffs = []
-    for size in image_sizes:
-        if size is None:
-            tm, h, w = ref, *ref.patch_embed.img_size
-        else:
-            h, w = (size, size) if isinstance(size, int) else size
-            tm = timm.create_model(name, img_size=(h, w), **arch).eval()
-            tm.load_state_dict(checkpoint_filter_fn(ref.state_dict(), tm))
-        images = structured_images(batch, h, w, seed=h + w)
-        model = keras_vit.create_model(
-            name, weights=path, image_size=size, include_preprocessing=False, **arch
-        )
-        ours = model.predict_on_batch(nchw_to_nhwc(images))
-        diffs.append(assert_parity(ours, timm_forward(tm, images)))
-    return diffs
+DEPTH_2 = [ParityCase(n, dict(depth=2), image_sizes=(None, *_other_sizes(n))) for n in VIT_NAMES]
+FULL_DEPTH_SMALL = [ParityCase(n) for n in SMALL]
+FULL_SIZE = [ParityCase(n, image_sizes=(None, *_other_sizes(n))) for n in VIT_NAMES]
 
 
 def test_registry_covers_timm_classic_vits():
@@ -61,36 +47,31 @@ def test_registry_covers_timm_classic_vits():
     assert len(VIT_NAMES) == 18
 
 
-@pytest.mark.parametrize("name", VIT_NAMES)
-def test_parity_every_variant_at_depth_2(name, tmp_path):
-    _check(name, tmp_path, image_sizes=[None, *_other_sizes(name)], depth=2)
+@pytest.mark.parametrize("case", DEPTH_2, ids=str)
+def test_parity_every_variant_at_depth_2(case, tmp_path):
+    run_parity(case, tmp_path)
 
 
-@pytest.mark.parametrize("name", SMALL)
-def test_parity_full_depth_small_variants(name, tmp_path):
-    _check(name, tmp_path)
+@pytest.mark.parametrize("case", FULL_DEPTH_SMALL, ids=str)
+def test_parity_full_depth_small_variants(case, tmp_path):
+    run_parity(case, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", VIT_NAMES)
-def test_parity_full_size(name, tmp_path):
-    diffs = _check(name, tmp_path, image_sizes=[None, *_other_sizes(name)], batch=2)
-    print(f"{name}: max |diff| at native and two other sizes: {diffs}")
+@pytest.mark.parametrize("case", FULL_SIZE, ids=str)
+def test_parity_full_size(case, tmp_path):
+    run_parity(case, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", VIT_NAMES)
 def test_param_count_matches_timm(name):
-    with torch.device("meta"):
-        expected = sum(p.numel() for p in timm.create_model(name).parameters())
-    assert keras_vit.create_model(name).count_params() == expected
+    assert_param_count(name)
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_base_patch16_224"])
 def test_param_count_matches_timm_ci(name):
-    with torch.device("meta"):
-        expected = sum(p.numel() for p in timm.create_model(name).parameters())
-    assert keras_vit.create_model(name).count_params() == expected
+    assert_param_count(name)
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +84,11 @@ def tiny(tmp_path_factory):
 
 def test_preprocessing_takes_0_255_rgb(tiny):
     ref, path = tiny
-    rng = np.random.default_rng(0)
-    pixels = rng.uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    pixels = structured_pixels(2, 224, 224)
     normalised = (pixels / 255.0 - 0.5) / 0.5  # ViT's mean = std = 0.5
     model = keras_vit.create_model("vit_tiny_patch16_224", depth=2, weights=path)
     expected = timm_forward(ref, np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
-    assert_parity(model.predict_on_batch(pixels), expected, discriminative=False)
+    assert_parity(model.predict_on_batch(pixels), expected)
 
 
 def test_features_and_avg_pool_match_timm(tiny):
@@ -167,6 +147,6 @@ def test_intermediate_features_match_timm_blocks(tiny):
     ours = model.forward_intermediates(nchw_to_nhwc(images))
     assert len(ours) == 2 and ours[0].shape == (2, 197, 192)
     for a, b in zip(ours, captured):
-        assert_parity(a, b, discriminative=False)
+        assert_parity(a, b)
     last = model.forward_intermediates(nchw_to_nhwc(images), indices=[-1])
     np.testing.assert_array_equal(last[0], ours[-1])
