@@ -19,6 +19,7 @@ from keras_vit.layers.patch_embedding import PatchEmbedding
 from keras_vit.layers.position_embedding import PositionEmbedding, resample_abs_pos_embed
 from keras_vit.layers.preprocessing import ImageNormalization
 from keras_vit.layers.squeeze_excite import SqueezeExcite
+from keras_vit.layers.swiglu import SwiGLUPacked
 from keras_vit.layers.tokens import PrependToken
 from keras_vit.layers.transformer_block import TransformerBlock
 
@@ -40,6 +41,7 @@ __all__ = [
     "PrependToken",
     "ShiftAddDepthwiseConv2D",
     "SqueezeExcite",
+    "SwiGLUPacked",
     "TransformerBlock",
     "fold_patches",
     "resample_abs_pos_embed",

@@ -5,6 +5,9 @@ from keras_vit.layers.attention import MultiHeadSelfAttention
 from keras_vit.layers.drop_path import DropPath
 from keras_vit.layers.layer_scale import LayerScale
 from keras_vit.layers.mlp import Mlp
+from keras_vit.layers.swiglu import SwiGLUPacked
+
+MLP_LAYERS = ("mlp", "swiglu_packed")
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -15,6 +18,8 @@ class TransformerBlock(keras.layers.Layer):
         x = x + drop_path(ls2(mlp(norm2(x))))
 
     Layer scale (`ls1`, `ls2`) exists only when `init_values` is set, as in timm.
+    `mlp_layer`: `"mlp"` (timm's `Mlp`, `activation` applies) or `"swiglu_packed"` (timm's
+    `SwiGLUPacked`, SiLU-gated, DINOv2 giant); both of hidden width `int(dim * mlp_ratio)`.
     """
 
     def __init__(
@@ -29,6 +34,7 @@ class TransformerBlock(keras.layers.Layer):
         init_values=None,
         norm_epsilon=1e-6,
         activation="gelu",
+        mlp_layer="mlp",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -44,6 +50,9 @@ class TransformerBlock(keras.layers.Layer):
         self.init_values = init_values
         self.norm_epsilon = float(norm_epsilon)
         self.activation = activation
+        if mlp_layer not in MLP_LAYERS:
+            raise ValueError(f"`mlp_layer` must be one of {MLP_LAYERS}, got {mlp_layer!r}.")
+        self.mlp_layer = mlp_layer
         policy = self.dtype_policy
         self.norm1 = keras.layers.LayerNormalization(
             epsilon=norm_epsilon, name="norm1", dtype=policy
@@ -54,9 +63,11 @@ class TransformerBlock(keras.layers.Layer):
         self.norm2 = keras.layers.LayerNormalization(
             epsilon=norm_epsilon, name="norm2", dtype=policy
         )
-        self.mlp = Mlp(
-            int(dim * mlp_ratio), activation=activation, drop=proj_drop, name="mlp", dtype=policy
-        )
+        hidden = int(dim * mlp_ratio)  # timm truncates: 1536 * 5.33334 -> 8192
+        if mlp_layer == "swiglu_packed":
+            self.mlp = SwiGLUPacked(hidden, drop=proj_drop, name="mlp", dtype=policy)
+        else:
+            self.mlp = Mlp(hidden, activation=activation, drop=proj_drop, name="mlp", dtype=policy)
         scaled = init_values is not None
         self.ls1 = LayerScale(init_values, name="ls1", dtype=policy) if scaled else None
         self.ls2 = LayerScale(init_values, name="ls2", dtype=policy) if scaled else None
@@ -98,4 +109,5 @@ class TransformerBlock(keras.layers.Layer):
             "init_values": self.init_values,
             "norm_epsilon": self.norm_epsilon,
             "activation": self.activation,
+            "mlp_layer": self.mlp_layer,
         }

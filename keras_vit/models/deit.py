@@ -6,6 +6,10 @@ second learned token, the distillation token, which travels through the encoder 
 class token (`[cls, dist, patches]`), and a second classifier `head_dist` on it. At inference
 the two heads are averaged, exactly as timm's `VisionTransformerDistilled` in eval mode; for
 training, `heads_model` gives both logits separately (see `keras_vit.DeiTDistiller`).
+
+DeiT III (Touvron et al., "DeiT III: Revenge of the ViT", ECCV 2022) is a configuration of
+the same `VisionTransformer`: layer scale (`init_values=1e-6`) and a position embedding over
+the patch grid only (`no_embed_class=True`), added before the class token is put in front.
 """
 
 import keras
@@ -49,3 +53,39 @@ for _distilled, _cls in ((False, VisionTransformer), (True, DistilledVisionTrans
             mean=IMAGENET_DEFAULT_MEAN,
             std=IMAGENET_DEFAULT_STD,
         )
+
+
+# DeiT III, Table 1 of the paper (S / M / B / L / H); timm's `deit3_*` entry points.
+_DEIT3_SIZES = {
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "medium": dict(embed_dim=512, depth=12, num_heads=8),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "huge": dict(embed_dim=1280, depth=32, num_heads=16),
+}
+_DEIT3_VARIANTS = [
+    ("small", 16, 224),
+    ("small", 16, 384),
+    ("medium", 16, 224),
+    ("base", 16, 224),
+    ("base", 16, 384),
+    ("large", 16, 224),
+    ("large", 16, 384),
+    ("huge", 14, 224),
+]
+for _size, _patch, _res in _DEIT3_VARIANTS:
+    register_model(
+        f"deit3_{_size}_patch{_patch}_{_res}",
+        VisionTransformer,
+        family="deit3",
+        arch=dict(
+            _DEIT3_SIZES[_size],
+            patch_size=_patch,
+            image_size=_res,
+            no_embed_class=True,
+            init_values=1e-6,
+        ),
+        num_classes=1000,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+    )

@@ -49,6 +49,8 @@ class VisionTransformer(XLAByDefault, keras.Model):
             tokens left out); `fc_norm` (default: on for `"avg"`) normalises after pooling
             instead of before.
     `num_prefix_tokens` (class + distillation + register tokens) is a property of the model.
+    `mlp_layer`: `"mlp"` (GELU MLP) or `"swiglu_packed"` (DINOv2 giant's SwiGLU), of hidden
+    width `int(embed_dim * mlp_ratio)` as timm computes it.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class VisionTransformer(XLAByDefault, keras.Model):
         mlp_ratio=4.0,
         qkv_bias=True,
         init_values=None,
+        mlp_layer="mlp",
         class_token=True,
         reg_tokens=0,
         no_embed_class=False,
@@ -152,6 +155,7 @@ class VisionTransformer(XLAByDefault, keras.Model):
                 attn_drop=attn_drop_rate,
                 drop_path=drop_paths[i],
                 init_values=init_values,
+                mlp_layer=mlp_layer,
                 name=f"blocks_{i}",
                 dtype=dtype,
             )(x)
@@ -180,6 +184,7 @@ class VisionTransformer(XLAByDefault, keras.Model):
         self.mlp_ratio = mlp_ratio
         self.qkv_bias = qkv_bias
         self.init_values = init_values
+        self.mlp_layer = mlp_layer
         self.class_token = class_token
         self.reg_tokens = reg_tokens
         self.no_embed_class = no_embed_class
@@ -294,6 +299,7 @@ class VisionTransformer(XLAByDefault, keras.Model):
             "mlp_ratio": self.mlp_ratio,
             "qkv_bias": self.qkv_bias,
             "init_values": self.init_values,
+            "mlp_layer": self.mlp_layer,
             "class_token": self.class_token,
             "reg_tokens": self.reg_tokens,
             "no_embed_class": self.no_embed_class,
