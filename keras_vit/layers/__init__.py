@@ -15,8 +15,12 @@ from keras_vit.layers.mobilevit_blocks import (
     unfold_patches,
 )
 from keras_vit.layers.mobilevitv2_blocks import LinearTransformerBlock, MobileViTV2Block
-from keras_vit.layers.patch_embedding import PatchEmbedding
-from keras_vit.layers.position_embedding import PositionEmbedding, resample_abs_pos_embed
+from keras_vit.layers.patch_embedding import PatchEmbedding, resample_patch_embed
+from keras_vit.layers.position_embedding import (
+    PositionEmbedding,
+    interpolation_matrix,
+    resample_abs_pos_embed,
+)
 from keras_vit.layers.preprocessing import ImageNormalization
 from keras_vit.layers.squeeze_excite import SqueezeExcite
 from keras_vit.layers.swiglu import SwiGLUPacked
@@ -44,6 +48,8 @@ __all__ = [
     "SwiGLUPacked",
     "TransformerBlock",
     "fold_patches",
+    "interpolation_matrix",
     "resample_abs_pos_embed",
+    "resample_patch_embed",
     "unfold_patches",
 ]

@@ -15,6 +15,7 @@ from keras_vit.layers import (
     PrependToken,
     TransformerBlock,
     resample_abs_pos_embed,
+    resample_patch_embed,
 )
 from keras_vit.layers._validation import non_negative_int, pair, rate
 from keras_vit.models.base import Views, XLAByDefault
@@ -51,6 +52,13 @@ class VisionTransformer(XLAByDefault, keras.Model):
     `num_prefix_tokens` (class + distillation + register tokens) is a property of the model.
     `mlp_layer`: `"mlp"` (GELU MLP) or `"swiglu_packed"` (DINOv2 giant's SwiGLU), of hidden
     width `int(embed_dim * mlp_ratio)` as timm computes it.
+
+    dynamic_img_size: take images of any size, `(B, None, None, C)`, as timm's
+        `dynamic_img_size=True`: `pos_embed` is stored for the `image_size` grid and
+        interpolated in the graph to each batch's grid (bicubic, antialiased, as timm). Height
+        and width must be multiples of the patch size (the conv drops a remainder).
+    `patch_size` other than a checkpoint's resamples its patch kernel on loading (FlexiViT's
+    pseudo-inverse, timm's `resample_patch_embed`), and `pos_embed` to the new grid.
     """
 
     def __init__(
@@ -69,6 +77,7 @@ class VisionTransformer(XLAByDefault, keras.Model):
         no_embed_class=False,
         distilled=False,
         pos_embed="learn",
+        dynamic_img_size=False,
         num_classes=1000,
         global_pool="token",
         fc_norm=None,
@@ -131,15 +140,26 @@ class VisionTransformer(XLAByDefault, keras.Model):
             rate(arg, value)
         use_fc_norm = global_pool == "avg" if fc_norm is None else bool(fc_norm)
         num_prefix_tokens = int(class_token) + int(distilled) + reg_tokens
+        dynamic_img_size = bool(dynamic_img_size)
+        grid_size = (image_size[0] // patch_size, image_size[1] // patch_size)
 
         # === graph ===
-        images = keras.Input((image_size[0], image_size[1], in_channels), name="images")
+        spatial = (None, None) if dynamic_img_size else image_size
+        images = keras.Input((*spatial, in_channels), name="images")
         x = images
         if include_preprocessing:
             x = ImageNormalization(mean, std, name="preprocessing", dtype=dtype)(x)
-        x = PatchEmbedding(patch_size, embed_dim, name="patch_embed", dtype=dtype)(x)  # (B, N, D)
+        x, patch_grid = _patch_stage(x, patch_size, embed_dim, dynamic_img_size, dtype)
         x = _token_stage(
-            x, class_token, reg_tokens, distilled, no_embed_class, pos_embed == "learn", dtype
+            x,
+            class_token,
+            reg_tokens,
+            distilled,
+            no_embed_class,
+            pos_embed == "learn",
+            dtype,
+            patch_grid=patch_grid,
+            grid_size=grid_size,
         )  # (B, prefix + N, D)
         x = keras.layers.Dropout(pos_drop_rate, name="pos_drop", dtype=dtype)(x)
         # stochastic depth grows linearly over the blocks (timm's `dpr`)
@@ -190,6 +210,7 @@ class VisionTransformer(XLAByDefault, keras.Model):
         self.no_embed_class = no_embed_class
         self.distilled = distilled
         self.pos_embed = pos_embed
+        self.dynamic_img_size = dynamic_img_size
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.fc_norm = fc_norm
@@ -267,8 +288,14 @@ class VisionTransformer(XLAByDefault, keras.Model):
         return 0 if self.no_embed_class else self.num_prefix_tokens
 
     def adapt_checkpoint(self, state_dict):
-        """timm's `checkpoint_filter_fn` part that depends on this model: resample `pos_embed`
-        (the prefix tokens it covers kept out) when the checkpoint was made for another grid."""
+        """timm's `checkpoint_filter_fn` part that depends on this model: resample the patch
+        kernel when the checkpoint has another patch size (FlexiViT), and `pos_embed` (the
+        prefix tokens it covers kept out) when it was made for another grid."""
+        state_dict = dict(state_dict)
+        kernel = state_dict.get("patch_embed.proj.weight")  # (out, in, h, w)
+        patch = (self.patch_size, self.patch_size)
+        if kernel is not None and np.ndim(kernel) == 4 and tuple(np.shape(kernel)[-2:]) != patch:
+            state_dict["patch_embed.proj.weight"] = resample_patch_embed(kernel, patch)
         posemb = state_dict.get("pos_embed")
         prefix = self.pos_embed_prefix_tokens
         expected = prefix + self.grid_size[0] * self.grid_size[1]
@@ -305,6 +332,7 @@ class VisionTransformer(XLAByDefault, keras.Model):
             "no_embed_class": self.no_embed_class,
             "distilled": self.distilled,
             "pos_embed": self.pos_embed,
+            "dynamic_img_size": self.dynamic_img_size,
             "num_classes": self.num_classes,
             "global_pool": self.global_pool,
             "fc_norm": self.fc_norm,
@@ -326,12 +354,45 @@ class VisionTransformer(XLAByDefault, keras.Model):
         return cls(**config)
 
 
-def _token_stage(x, class_token, reg_tokens, distilled, no_embed_class, learned_pos, dtype):
+def _patch_stage(x, patch_size, embed_dim, dynamic_img_size, dtype):
+    """Images -> (patch tokens `(B, N, D)`, the patch grid `(B, h, w, D)` or None): a dynamic
+    model keeps the grid, whose runtime shape sizes the position embedding."""
+    if not dynamic_img_size:
+        return PatchEmbedding(patch_size, embed_dim, name="patch_embed", dtype=dtype)(x), None
+    grid = PatchEmbedding(patch_size, embed_dim, flatten=False, name="patch_embed", dtype=dtype)(
+        x
+    )  # (B, h, w, D)
+    tokens = keras.layers.Reshape((-1, embed_dim), name="patch_flatten", dtype=dtype)(grid)
+    return tokens, grid  # (B, h * w, D), (B, h, w, D)
+
+
+def _token_stage(
+    x,
+    class_token,
+    reg_tokens,
+    distilled,
+    no_embed_class,
+    learned_pos,
+    dtype,
+    patch_grid=None,
+    grid_size=None,
+):
     """Patch tokens `(B, N, D)` -> `(B, prefix + N, D)` with the position embedding, in the
     order of timm's `_pos_embed`: `[cls, dist or reg..., patches]`; the embedding added to
-    the patches before the prefix (`no_embed_class`) or to the whole sequence after it."""
+    the patches before the prefix (`no_embed_class`) or to the whole sequence after it.
+    With a `patch_grid` (dynamic_img_size), the embedding, stored for `grid_size`, is
+    interpolated to the grid's runtime shape."""
+
+    def add_pos_embed(x, num_prefix_tokens):
+        if patch_grid is None:
+            return PositionEmbedding(name="pos_embed", dtype=dtype)(x)
+        layer = PositionEmbedding(
+            grid_size=grid_size, num_prefix_tokens=num_prefix_tokens, name="pos_embed", dtype=dtype
+        )
+        return layer(x, patch_grid)
+
     if learned_pos and no_embed_class:
-        x = PositionEmbedding(name="pos_embed", dtype=dtype)(x)  # (1, N, D)
+        x = add_pos_embed(x, 0)  # (1, N, D)
     # innermost first: cls(dist(x)) / cls(reg(x))
     if reg_tokens:
         x = PrependToken(reg_tokens, initializer_stddev=1e-6, name="reg_token", dtype=dtype)(x)
@@ -340,7 +401,8 @@ def _token_stage(x, class_token, reg_tokens, distilled, no_embed_class, learned_
     if class_token:
         x = PrependToken(1, initializer_stddev=1e-6, name="cls_token", dtype=dtype)(x)
     if learned_pos and not no_embed_class:
-        x = PositionEmbedding(name="pos_embed", dtype=dtype)(x)  # (1, prefix + N, D)
+        prefix = int(class_token) + int(distilled) + reg_tokens
+        x = add_pos_embed(x, prefix)  # (1, prefix + N, D)
     return x
 
 
@@ -399,6 +461,21 @@ for _size, _patch, _res in _VARIANTS:
         arch=dict(_SIZES[_size], patch_size=_patch, image_size=_res),
         # weight-free defaults; a variant's default checkpoint tag (keras_vit/pretrained/
         # checkpoints.json) overrides them, e.g. the headless .dino / .orig_in21k variants
+        num_classes=1000,
+        mean=IMAGENET_INCEPTION_MEAN,
+        std=IMAGENET_INCEPTION_STD,
+    )
+
+# FlexiViT (Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023): a ViT trained
+# with randomised patch sizes, position embedding without the class token, 240 px at patch 16
+# (a 15 x 15 grid). Any other patch size dividing the image comes from the same checkpoint:
+# `create_model("flexivit_base", weights=..., patch_size=8)` resamples the patch kernel.
+for _size in ("small", "base", "large"):
+    register_model(
+        f"flexivit_{_size}",
+        VisionTransformer,
+        family="flexivit",
+        arch=dict(_SIZES[_size], patch_size=16, image_size=240, no_embed_class=True),
         num_classes=1000,
         mean=IMAGENET_INCEPTION_MEAN,
         std=IMAGENET_INCEPTION_STD,
