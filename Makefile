@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND ?= tensorflow
 
-.PHONY: test parity lint demo bench clean
+.PHONY: test parity report lint demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,18 @@ test: lint
 
 # Full-size parity for every variant of every family (tens of minutes on 2 cores).
 parity: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --figures
 
 bench: $(STAMP)
 	$(PY) examples/benchmark_cpu.py
+
+# The figures the README quotes: parity (every family, formats, SE layer, mutants) as the
+# passing tests measure them, then SavedModel/TFLite vs Keras (examples/export_report.py).
+report: $(STAMP)
+	$(PY) -m pytest -q --figures tests/test_vit_parity.py tests/test_deit_parity.py \
+		tests/test_mobilevit_parity.py tests/test_convert_formats.py \
+		tests/test_squeeze_excite.py tests/test_mutations.py
+	$(PY) examples/export_report.py
 
 # The main job, offline: teacher, DeiT student without/with hard distillation (3 seeds) on
 # scikit-learn's digits, the accuracy table, SavedModel export and serving. Finished runs in

@@ -21,7 +21,8 @@ import torch  # noqa: E402
 
 import keras_vit  # noqa: E402
 
-DEFAULT_MODELS = ["vit_small_patch16_224", "vit_base_patch16_224"]
+# every model of the README table
+DEFAULT_MODELS = ["vit_small_patch16_224", "vit_base_patch16_224", "mobilevit_xxs", "mobilevit_s"]
 
 
 def _time(step, seconds, warmup=3):

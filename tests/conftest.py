@@ -35,6 +35,15 @@ for _name in REFERENCE_PACKAGES:
         MISSING[_name] = f"{type(err).__name__}: {err}"
 
 _FORBIDDEN_SKIPS = []
+_FIGURES = []  # (test id, line): the measured differences tests print ("max |...")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--figures",
+        action="store_true",
+        help="list the measured differences (lines with 'max |') printed by passing tests",
+    )
 
 
 def _needs_reference(report):
@@ -46,6 +55,10 @@ def _needs_reference(report):
 
 def pytest_runtest_logreport(report):
     _record_skip(report)
+    if report.when == "call" and report.passed:
+        _FIGURES.extend(
+            (report.nodeid, ln) for ln in report.capstdout.splitlines() if "max |" in ln
+        )
 
 
 def pytest_collectreport(report):  # a module-level importorskip skips the whole file
@@ -73,7 +86,11 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter, config):
+    if config.getoption("--figures") and _FIGURES:
+        terminalreporter.section("measured figures (passing tests)")
+        for nodeid, line in _FIGURES:
+            terminalreporter.write_line(f"{nodeid.split('::')[0]}: {line.strip()}")
     problems = _problems()
     if not problems:
         return

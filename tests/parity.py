@@ -18,13 +18,11 @@ Like keras-hub's `run_backbone_test`, every family goes through the same steps:
 `run_parity` returns `{(height, width): [max |diff| of the output, (cls, dist) if heads]}`.
 `assert_param_count` compares parameter (and buffer) counts with timm, in one place.
 
-A new family's parity test:
+A new family's parity test is a list of cases and one line per test:
 
     CASES = [ParityCase("mobilevitv2_050", image_sizes=(None, 192))]
-
-    @pytest.mark.parametrize("case", CASES, ids=str)
-    def test_parity(case, tmp_path):
-        run_parity(case, tmp_path)
+    test_parity = parity_test(CASES)
+    test_param_count_matches_timm = param_count_test(["mobilevitv2_050"])
 """
 
 import sys
@@ -148,7 +146,7 @@ def load_ours(case, path, size):
 def run_parity(case, tmp_path, check_model=None):
     """Compare keras_vit with timm on `case`; returns {(h, w): [diff, (cls diff, dist diff)]}.
 
-    `check_model(model)`, if given, is called on each keras_vit model (e.g. to assert its class).
+    `check_model(case, model)`, if given, is called on each keras_vit model (e.g. its class).
     """
     ref = build_reference(case)
     path = save_timm_safetensors(ref, tmp_path / f"{case.timm_name}.safetensors")
@@ -158,7 +156,7 @@ def run_parity(case, tmp_path, check_model=None):
         images = structured_images(case.batch, h, w, seed=h + w)
         model = load_ours(case, path, size)
         if check_model is not None:
-            check_model(model)
+            check_model(case, model)
         x = nchw_to_nhwc(images)
         out = model.predict_on_batch(x)
         diffs[(h, w)] = [assert_parity(out, timm_forward(tm, images), atol=case.atol)]
@@ -166,7 +164,8 @@ def run_parity(case, tmp_path, check_model=None):
             ours = model.heads_model.predict_on_batch(x)
             for a, b in zip(ours, timm_heads(tm, images), strict=True):
                 diffs[(h, w)].append(assert_parity(a, b, atol=case.atol))
-    print(f"{case}: max |diff| per size {diffs}")
+    shown = {f"{h}x{w}": ", ".join(f"{d:.2g}" for d in ds) for (h, w), ds in diffs.items()}
+    print(f"{case}: max |diff| per size (output[, cls, dist]) {shown}")
     return diffs
 
 
@@ -192,3 +191,25 @@ def assert_param_count(timm_name, name=None, **kwargs):
     frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
     assert (trainable, frozen) == (params, buffers), (timm_name, trainable, frozen, params, buffers)
     return params
+
+
+def parity_test(cases, slow=False, check_model=None):
+    """A pytest test running `run_parity` on each case (bind it to a `test_*` name)."""
+    import pytest
+
+    @pytest.mark.parametrize("case", list(cases), ids=str)
+    def test(case, tmp_path):
+        run_parity(case, tmp_path, check_model=check_model)
+
+    return pytest.mark.slow(test) if slow else test
+
+
+def param_count_test(names, slow=False):
+    """A pytest test running `assert_param_count` on each timm name (bind it to `test_*`)."""
+    import pytest
+
+    @pytest.mark.parametrize("name", list(names))
+    def test(name):
+        assert_param_count(name)
+
+    return pytest.mark.slow(test) if slow else test

@@ -16,7 +16,7 @@ from helpers import (
     structured_pixels,
     timm_forward,
 )
-from parity import ParityCase, assert_param_count, build_reference, run_parity
+from parity import ParityCase, build_reference, param_count_test, parity_test
 
 import keras_vit
 from keras_vit.models import DistilledVisionTransformer, VisionTransformer
@@ -44,14 +44,9 @@ FULL_DEPTH_TINY = [_case(n, (None,)) for n in TINY]
 FULL_SIZE = [_case(n, (None, _resampled_size(n))) for n in DEIT_NAMES]
 
 
-def _run(case, tmp_path):
-    """run_parity, and the class each name builds."""
-    cls = DistilledVisionTransformer if case.heads else VisionTransformer
-
-    def check_class(model):
-        assert type(model) is cls
-
-    return run_parity(case, tmp_path, check_model=check_class)
+def _class_of_each_name(case, model):
+    """Distilled names build the distilled class, the others the plain ViT."""
+    assert type(model) is (DistilledVisionTransformer if case.heads else VisionTransformer)
 
 
 def test_registry_covers_timm_deit():
@@ -75,26 +70,10 @@ def test_registry_covers_timm_deit():
         assert (3, spec.arch["image_size"], spec.arch["image_size"]) == cfg.input_size
 
 
-@pytest.mark.parametrize("case", DEPTH_2, ids=str)
-def test_parity_every_variant_at_depth_2(case, tmp_path):
-    _run(case, tmp_path)
-
-
-@pytest.mark.parametrize("case", FULL_DEPTH_TINY, ids=str)
-def test_parity_full_depth_tiny_variants(case, tmp_path):
-    _run(case, tmp_path)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", FULL_SIZE, ids=str)
-def test_parity_full_size(case, tmp_path):
-    _run(case, tmp_path)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", DEIT_NAMES)
-def test_param_count_matches_timm(name):
-    assert_param_count(name)
+test_parity_every_variant_at_depth_2 = parity_test(DEPTH_2, check_model=_class_of_each_name)
+test_parity_full_depth_tiny_variants = parity_test(FULL_DEPTH_TINY, check_model=_class_of_each_name)
+test_parity_full_size = parity_test(FULL_SIZE, slow=True, check_model=_class_of_each_name)
+test_param_count_matches_timm = param_count_test(DEIT_NAMES, slow=True)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from helpers import (
     structured_pixels,
     timm_forward,
 )
-from parity import ParityCase, assert_param_count, build_reference, run_parity
+from parity import ParityCase, build_reference, param_count_test, parity_test
 
 import keras_vit
 from keras_vit.layers import fold_patches, unfold_patches
@@ -47,15 +47,9 @@ def checkpoints(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_parity_at_256_and_another_size(case, tmp_path):
-    run_parity(case, tmp_path)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_param_count_matches_timm(name):
-    # trainable weights = timm's parameters; BatchNorm moving statistics = timm's buffers
-    assert_param_count(name)
+test_parity_at_256_and_another_size = parity_test(CASES)
+# trainable weights = timm's parameters; BatchNorm moving statistics = timm's buffers
+test_param_count_matches_timm = param_count_test(NAMES)
 
 
 def test_features_only_matches_timm_features_only(checkpoints):

@@ -17,7 +17,7 @@ from helpers import (
     structured_pixels,
     timm_forward,
 )
-from parity import ParityCase, assert_param_count, run_parity
+from parity import ParityCase, param_count_test, parity_test
 
 import keras_vit
 
@@ -50,31 +50,13 @@ def test_registry_covers_timm_classic_vits():
     assert len(VIT_NAMES) == 18
 
 
-@pytest.mark.parametrize("case", DEPTH_2, ids=str)
-def test_parity_every_variant_at_depth_2(case, tmp_path):
-    run_parity(case, tmp_path)
-
-
-@pytest.mark.parametrize("case", FULL_DEPTH_SMALL, ids=str)
-def test_parity_full_depth_small_variants(case, tmp_path):
-    run_parity(case, tmp_path)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", FULL_SIZE, ids=str)
-def test_parity_full_size(case, tmp_path):
-    run_parity(case, tmp_path)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", VIT_NAMES)
-def test_param_count_matches_timm(name):
-    assert_param_count(name)
-
-
-@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_base_patch16_224"])
-def test_param_count_matches_timm_ci(name):
-    assert_param_count(name)
+test_parity_every_variant_at_depth_2 = parity_test(DEPTH_2)
+test_parity_full_depth_small_variants = parity_test(FULL_DEPTH_SMALL)
+test_parity_full_size = parity_test(FULL_SIZE, slow=True)
+test_param_count_matches_timm = param_count_test(VIT_NAMES, slow=True)
+test_param_count_matches_timm_ci = param_count_test(
+    ["vit_tiny_patch16_224", "vit_base_patch16_224"]
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@ by `weights/generate_checkpoints.py` (see `weights/README.md`).
 
 Each `name.tag` carries its source address, file format, input size, mean/std, crop fraction,
 interpolation, number of classes, label set, licence, parameter count, timm's published ImageNet top-1/top-5
-(null where timm publishes none) and sha256 (null where not pinned: recorded on
-first download). `checkpoint_path(name)` downloads, verifies and caches (`download.py`).
+(null where timm publishes none) and sha256 (null where not pinned: then the sha256 the Hub
+publishes for the file is checked). `checkpoint_path(name)` downloads into the Hugging Face
+cache, verifies and returns the path (`download.py`).
 """
 
 import fnmatch
@@ -133,9 +134,10 @@ def get_pretrained_cfg(name):
 
 
 def checkpoint_path(name, progress=True):
-    """Local path of checkpoint `name`: downloaded (verified) on first use, then cached."""
+    """Local path of checkpoint `name` in the Hugging Face cache: downloaded on first use, and
+    verified (pinned sha256, else the Hub's) every time before it is returned."""
     cfg = name if isinstance(name, PretrainedCfg) else get_pretrained_cfg(name)
-    return fetch(cfg.url, cfg.filename, sha256=cfg.sha256, progress=progress)
+    return fetch(cfg.url, sha256=cfg.sha256, progress=progress)
 
 
 @functools.lru_cache(maxsize=4)
