@@ -26,7 +26,7 @@ from keras_vit.layers.mobilevit_blocks import (
     InvertedResidual,
     MobileViTBlock,
 )
-from keras_vit.models.base import Views, XLAByDefault
+from keras_vit.models.base import KerasViTModel, Views
 from keras_vit.registry import register_model
 
 # The cvnets checkpoints take RGB in [0, 1]: no mean/std normalisation.
@@ -44,7 +44,7 @@ def _int_tuple(name, values, length=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
-class MobileViT(XLAByDefault, keras.Model):
+class MobileViT(KerasViTModel):
     """MobileViT classifier or backbone, NHWC input.
 
     Fully convolutional apart from the transformers on unfolded patches, so any `image_size`
@@ -200,6 +200,34 @@ class MobileViT(XLAByDefault, keras.Model):
     def head_keys(self):
         """Checkpoint keys of the classifier, which a new `num_classes` starts afresh."""
         return ("head.fc.weight", "head.fc.bias")
+
+    # --- training contract (see KerasViTModel) ---
+    def _block_order(self):
+        """{'stages_s_j': ordinal} over the stage blocks in (s, j) order: timm's fine
+        `group_matcher`, one group per `stages.s.j`."""
+        names = [n.name for n in self.layers if re.fullmatch(r"stages_\d+_\d+", n.name)]
+        names.sort(key=lambda n: tuple(int(i) for i in n.split("_")[1:]))
+        return {name: k for k, name in enumerate(names)}
+
+    def _block_id_of_layer(self, top_layer_name):
+        """As timm's `group_matcher` is numbered: the stem 0, each stage block 1..n in order,
+        `final_conv` with the last block (n), the head n + 1."""
+        order = self._block_order()
+        if top_layer_name in order:
+            return order[top_layer_name] + 1
+        if top_layer_name == "final_conv":
+            return len(order)
+        if top_layer_name == "head":
+            return len(order) + 1
+        return 0
+
+    def _num_blocks(self):
+        return len(self._block_order())
+
+    def _heads_tensors(self):
+        if self.features_only:
+            raise ValueError(f"{self.name!r} is a features_only backbone: it has no classifier.")
+        return super()._heads_tensors()
 
     def feature_model(self):
         """A `keras.Model` over the same layers returning the five feature maps
