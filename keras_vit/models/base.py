@@ -59,6 +59,81 @@ class KerasViTModel(XLAByDefault, keras.Model):
     # layers whose variables get no weight decay whatever their rank (timm's no_weight_decay)
     no_weight_decay_layers = ()
 
+    # --- input validation ---
+    # A functional model only warns on a mismatched shape, and a grayscale batch broadcasts
+    # over the RGB normalisation. `call` checks what `model(x)` and every trace see; `predict`
+    # and `predict_on_batch` check the data first, because their tf.function may retrace
+    # with a relaxed (unknown) shape where nothing can be checked any more.
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        self.check_input_shape(inputs)
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self.check_input_shape(x)
+        return super().predict(x, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        self.check_input_shape(x)
+        return super().predict_on_batch(x)
+
+    def check_input_shape(self, images):
+        """Raise `ValueError` naming the expected and the given shape when `images` (NHWC:
+        an array, a tensor, or a `tf.data.Dataset` of them) do not fit the model's input:
+        rank, size (the model is built for one) or channels. An unknown shape passes."""
+        spec = getattr(images, "element_spec", None)  # a dataset: (images, ...) or images
+        if spec is not None:
+            images = spec[0] if isinstance(spec, (tuple, list)) else spec
+        try:
+            given = tuple(images.shape)
+        except (AttributeError, TypeError, ValueError):  # unknown rank, or not an array
+            return
+        expected = tuple(self.inputs[0].shape)  # (None, H, W, C)
+        ok = len(given) == len(expected) and all(
+            e is None or g is None or int(g) == e for e, g in zip(expected[1:], given[1:])
+        )
+        if not ok:
+            shown = tuple(None if g is None else int(g) for g in given)
+            hint = ""
+            if len(given) == 4 and given[-1] is not None and int(given[-1]) != expected[-1]:
+                hint = f" (images need {expected[-1]} channels, NHWC)"
+            elif len(given) == 4:
+                hint = f" (the model is built for {expected[1]}x{expected[2]} images; "
+                hint += "create it with image_size=... for another size)"
+            raise ValueError(
+                f"{self.name} expects images of shape (batch, height, width, channels) = "
+                f"{expected}, got {shown}{hint}."
+            )
+
+    # --- serialisation ---
+    def constructor_config(self):
+        """The constructor arguments that rebuild this model (each family's)."""
+        raise NotImplementedError
+
+    def get_config(self):
+        config = self.constructor_config()
+        mode = getattr(self, "_quantization_mode", None)
+        if mode is not None:  # rebuilt, then quantized, before Keras loads the weights
+            config["quantization_mode"] = mode
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        mode = config.pop("quantization_mode", None)
+        model = cls(**config)
+        if mode is not None:
+            model.quantize(mode)
+        return model
+
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Keras's `Model.quantize`; the mode is remembered so that a `.keras` file of the
+        quantized model loads (rebuilt, quantized with the mode's default config, then its
+        int8 kernels and scales loaded). A selective one (`filters=`) is not recorded."""
+        super().quantize(mode, config=config, filters=filters, **kwargs)
+        if filters is None:
+            # Keras's wrapper resolves `mode` from `config` before calling this
+            self._quantization_mode = mode if mode is not None else config.mode
+
     def no_weight_decay(self):
         """The trainable variables to exclude from weight decay (a list, model order)."""
         excluded = set()

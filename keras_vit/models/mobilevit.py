@@ -244,7 +244,7 @@ class MobileViT(KerasViTModel):
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
         return state_dict
 
-    def get_config(self):
+    def constructor_config(self):
         return {
             "image_size": self.image_size,
             "stem_channels": self.stem_channels,
@@ -272,10 +272,6 @@ class MobileViT(KerasViTModel):
             "name": self.name,
             "dtype": self.dtype_policy.name,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 # The paper's Table 4 / timm's `model_cfgs`: stage channels, transformer widths

@@ -309,7 +309,7 @@ class VisionTransformer(KerasViTModel):
             state_dict = {**state_dict, "pos_embed": resampled}
         return state_dict
 
-    def get_config(self):
+    def constructor_config(self):
         return {
             "image_size": self.image_size,
             "patch_size": self.patch_size,
@@ -339,10 +339,6 @@ class VisionTransformer(KerasViTModel):
             "name": self.name,
             "dtype": self.dtype_policy.name,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def _token_stage(x, class_token, reg_tokens, distilled, no_embed_class, learned_pos, dtype):
