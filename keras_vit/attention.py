@@ -13,6 +13,7 @@ reshaped to the patch grid, is the map.
 import keras
 import numpy as np
 
+from keras_vit import _keras_compat
 from keras_vit.layers import TransformerBlock
 
 
@@ -52,7 +53,7 @@ def attention_model(model):
     outputs = []
     for block in transformer_blocks(model):
         # the block's first inbound node is its place in the model's own graph
-        tokens = block._inbound_nodes[0].input_tensors[0]  # (B, N, D)
+        tokens = _keras_compat.inbound_tensor(block)  # (B, N, D)
         outputs.append(_AttentionProbe(block, name=f"{block.name}_attention")(tokens))
     probe = keras.Model(model.inputs, outputs, name=f"{model.name}_attention")
     if views is not None:  # the untracked holder: the probe adds nothing to the model's state

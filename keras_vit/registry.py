@@ -23,15 +23,19 @@ class ModelSpec:
     arch: dict
     # Weight-free defaults a checkpoint would bring (mean/std, classes), overridden by tags.
     defaults: dict = field(default_factory=dict)
+    # The paper's size word ("tiny", "small", "base", ...) that training recipes key on.
+    size: str | None = None
 
 
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name, cls, family, arch, **defaults):
+def register_model(name, cls, family, arch, size=None, **defaults):
+    """Register variant `name`: its class, constructor arguments (`arch`), the size word
+    recipes use (`size`, e.g. "small"), and weight-free `defaults`."""
     if name in _MODELS:
         raise ValueError(f"Model {name!r} is already registered.")
-    _MODELS[name] = ModelSpec(name, family, cls, dict(arch), dict(defaults))
+    _MODELS[name] = ModelSpec(name, family, cls, dict(arch), dict(defaults), size)
 
 
 def _ensure_registered():
@@ -61,6 +65,14 @@ def get_spec(name):
         hint = f" Closest registered names: {', '.join(close)}." if close else ""
         raise ValueError(f"Unknown model {arch!r}.{hint} See keras_vit.list_models().")
     return _MODELS[arch]
+
+
+def find_spec(name):
+    """The `ModelSpec` of a registered `name[.tag]`, or None for any other string."""
+    _ensure_registered()
+    if not isinstance(name, str) or not name:
+        return None
+    return _MODELS.get(split_name(name)[0])
 
 
 def create_model(

@@ -16,6 +16,10 @@ class DropPath(keras.layers.Layer):
         self.rate = check_rate("rate", rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if self.rate > 0 else None
+        # Nothing to build (no weights), as keras.layers.Dropout: built from the start, so that
+        # `model.quantize` finds it built even where a block never calls it symbolically
+        # (TransformerBlock computes its output shape without running `call`).
+        self.built = True
 
     def call(self, x, training=None):
         if not training or self.rate == 0.0:

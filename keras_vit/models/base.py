@@ -1,7 +1,10 @@
-"""What every keras_vit model shares beyond `keras.Model`."""
+"""What every keras_vit model shares beyond `keras.Model`: XLA by default, the training
+contract (weight-decay exclusions, block index of every variable, the classifier heads) that
+optimisers, recipes and the distiller ask instead of matching variable names."""
 
 import keras
-from keras.src.trainers.trainer import model_supports_jit
+
+from keras_vit._keras_compat import model_supports_jit
 
 
 class Views:
@@ -23,13 +26,166 @@ class XLAByDefault:
     backend keeps eager.
     """
 
-    def _resolve_auto_jit_compile(self):
+    def _resolve_auto_jit_compile(self):  # Keras's hook behind jit_compile="auto"
         backend = keras.backend.backend()
         if backend == "jax":
             return model_supports_jit(self)
         if backend == "tensorflow":
             import tensorflow as tf
 
-            if not (tf.distribute.has_strategy() or getattr(self, "_distribute_strategy", None)):
+            if not (tf.distribute.has_strategy() or self.distribute_strategy_is_set()):
                 return model_supports_jit(self)
         return super()._resolve_auto_jit_compile()
+
+    def distribute_strategy_is_set(self):
+        """True when the model was created under a `tf.distribute` strategy scope."""
+        import tensorflow as tf
+
+        return self.distribute_strategy is not tf.distribute.get_strategy()
+
+
+class KerasViTModel(XLAByDefault, keras.Model):
+    """Base of every family: the training contract, as timm's models own theirs.
+
+    - `no_weight_decay()`: the variables AdamW leaves undecayed (timm's `no_weight_decay()`
+      names plus every 1-D parameter: biases, norms, layer scales).
+    - `block_ids()`: the block index of every variable for layer-wise lr decay (timm's
+      `group_matcher` as `param_groups_layer_decay` numbers it): 0 the stem, 1..n the blocks
+      (a final norm with the last one), n + 1 the head; `num_block_ids` is n + 2.
+    - `classifier_heads()`: a view returning a dict of the classifier outputs, `logits` (what
+      the model returns) and, for a distilled DeiT, `cls_logits` and `dist_logits`.
+    """
+
+    # layers whose variables get no weight decay whatever their rank (timm's no_weight_decay)
+    no_weight_decay_layers = ()
+
+    # --- input validation ---
+    # A functional model only warns on a mismatched shape, and a grayscale batch broadcasts
+    # over the RGB normalisation. `call` checks what `model(x)` and every trace see; `predict`
+    # and `predict_on_batch` check the data first, because their tf.function may retrace
+    # with a relaxed (unknown) shape where nothing can be checked any more.
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        self.check_input_shape(inputs)
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self.check_input_shape(x)
+        return super().predict(x, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        self.check_input_shape(x)
+        return super().predict_on_batch(x)
+
+    def check_input_shape(self, images):
+        """Raise `ValueError` naming the expected and the given shape when `images` (NHWC:
+        an array, a tensor, or a `tf.data.Dataset` of them) do not fit the model's input:
+        rank, size (the model is built for one) or channels. An unknown shape passes."""
+        spec = getattr(images, "element_spec", None)  # a dataset: (images, ...) or images
+        if spec is not None:
+            images = spec[0] if isinstance(spec, (tuple, list)) else spec
+        try:
+            given = tuple(images.shape)
+        except (AttributeError, TypeError, ValueError):  # unknown rank, or not an array
+            return
+        expected = tuple(self.inputs[0].shape)  # (None, H, W, C)
+        ok = len(given) == len(expected) and all(
+            e is None or g is None or int(g) == e for e, g in zip(expected[1:], given[1:])
+        )
+        if not ok:
+            shown = tuple(None if g is None else int(g) for g in given)
+            hint = ""
+            if len(given) == 4 and given[-1] is not None and int(given[-1]) != expected[-1]:
+                hint = f" (images need {expected[-1]} channels, NHWC)"
+            elif len(given) == 4:
+                hint = f" (the model is built for {expected[1]}x{expected[2]} images; "
+                hint += "create it with image_size=... for another size)"
+            raise ValueError(
+                f"{self.name} expects images of shape (batch, height, width, channels) = "
+                f"{expected}, got {shown}{hint}."
+            )
+
+    # --- serialisation ---
+    def constructor_config(self):
+        """The constructor arguments that rebuild this model (each family's)."""
+        raise NotImplementedError
+
+    def get_config(self):
+        config = self.constructor_config()
+        mode = getattr(self, "_quantization_mode", None)
+        if mode is not None:  # rebuilt, then quantized, before Keras loads the weights
+            config["quantization_mode"] = mode
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        mode = config.pop("quantization_mode", None)
+        model = cls(**config)
+        if mode is not None:
+            model.quantize(mode)
+        return model
+
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Keras's `Model.quantize`; the mode is remembered so that a `.keras` file of the
+        quantized model loads (rebuilt, quantized with the mode's default config, then its
+        int8 kernels and scales loaded). A selective one (`filters=`) is not recorded."""
+        super().quantize(mode, config=config, filters=filters, **kwargs)
+        if filters is None:
+            # Keras's wrapper resolves `mode` from `config` before calling this
+            self._quantization_mode = mode if mode is not None else config.mode
+
+    def no_weight_decay(self):
+        """The trainable variables to exclude from weight decay (a list, model order)."""
+        excluded = set()
+        for name in self.no_weight_decay_layers:
+            try:
+                layer = self.get_layer(name)
+            except ValueError:  # this configuration has no such token
+                continue
+            excluded.update(id(v) for v in layer.trainable_weights)
+        return [v for v in self.trainable_variables if len(v.shape) <= 1 or id(v) in excluded]
+
+    def block_ids(self):
+        """`[(variable, block index)]` for every variable of the model (`self.weights`)."""
+        return [(v, self._block_id_of_layer(v.path.split("/")[0])) for v in self.weights]
+
+    @property
+    def num_block_ids(self):
+        return self._num_blocks() + 2
+
+    def _block_id_of_layer(self, top_layer_name):
+        raise NotImplementedError
+
+    def _num_blocks(self):
+        raise NotImplementedError
+
+    def _heads_tensors(self):
+        """{name: symbolic tensor} of the classifier outputs; `logits` first."""
+        return {"logits": self.outputs[0]}
+
+    def classifier_heads(self):
+        """A `keras.Model` over the same layers (shared weights) returning a dict: `logits`
+        (the model's output) and, for a distilled DeiT, `cls_logits` and `dist_logits`.
+
+        Built once and kept in the untracked `_views` holder, so it adds nothing to this
+        model's variables or its `.keras` file.
+        """
+        cached = getattr(self._views, "classifier_heads", None)
+        if cached is None:
+            cached = keras.Model(self.input, self._heads_tensors(), name=f"{self.name}_heads")
+            self._views.classifier_heads = cached
+        return cached
+
+
+def classifier_heads(model):
+    """`model.classifier_heads()` for a keras_vit model, None for any other `keras.Model`
+    (a user's classifier: its output is its only head)."""
+    if isinstance(model, KerasViTModel):
+        return model.classifier_heads()
+    return None
+
+
+def has_distillation_head(model):
+    """True when `model` has DeiT's distillation head (`dist_logits` among its heads)."""
+    heads = classifier_heads(model)
+    return heads is not None and "dist_logits" in heads.output

@@ -49,6 +49,7 @@ for _distilled, _cls in ((False, VisionTransformer), (True, DistilledVisionTrans
             _cls,
             family="deit",
             arch=dict(_SIZES[_size], patch_size=16, image_size=_res),
+            size=_size,
             num_classes=1000,
             mean=IMAGENET_DEFAULT_MEAN,
             std=IMAGENET_DEFAULT_STD,

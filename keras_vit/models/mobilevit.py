@@ -27,7 +27,7 @@ from keras_vit.layers.mobilevit_blocks import (
     InvertedResidual,
     MobileViTBlock,
 )
-from keras_vit.models.base import Views, XLAByDefault
+from keras_vit.models.base import KerasViTModel, Views
 from keras_vit.registry import register_model
 
 # The cvnets checkpoints take RGB in [0, 1]: no mean/std normalisation.
@@ -44,7 +44,7 @@ def _int_tuple(name, values, length=None):
     return values
 
 
-class MobileViTBase(XLAByDefault, keras.Model):
+class MobileViTBase(KerasViTModel):
     """What MobileViT v1 and v2 share beyond their blocks: timm's `ByobNet` stage layout,
     its `features_only` maps and checkpoint keys. Subclasses set `strides`, `features_only`
     and `_views` (with `features`)."""
@@ -75,9 +75,33 @@ class MobileViTBase(XLAByDefault, keras.Model):
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
         return state_dict
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+    # --- training contract (see KerasViTModel) ---
+    def _block_order(self):
+        """{'stages_s_j': ordinal} over the stage blocks in (s, j) order: timm's fine
+        `group_matcher`, one group per `stages.s.j`."""
+        names = [n.name for n in self.layers if re.fullmatch(r"stages_\d+_\d+", n.name)]
+        names.sort(key=lambda n: tuple(int(i) for i in n.split("_")[1:]))
+        return {name: k for k, name in enumerate(names)}
+
+    def _block_id_of_layer(self, top_layer_name):
+        """As timm's `group_matcher` is numbered: the stem 0, each stage block 1..n in order,
+        `final_conv` with the last block (n), the head n + 1."""
+        order = self._block_order()
+        if top_layer_name in order:
+            return order[top_layer_name] + 1
+        if top_layer_name == "final_conv":
+            return len(order)
+        if top_layer_name == "head":
+            return len(order) + 1
+        return 0
+
+    def _num_blocks(self):
+        return len(self._block_order())
+
+    def _heads_tensors(self):
+        if self.features_only:
+            raise ValueError(f"{self.name!r} is a features_only backbone: it has no classifier.")
+        return super()._heads_tensors()
 
 
 def check_stage_args(channels, depths, strides, transformer_dims, transformer_depths):
@@ -265,7 +289,7 @@ class MobileViT(MobileViTBase):
         self.in_channels = in_channels
         self._views = Views(features=features)
 
-    def get_config(self):
+    def constructor_config(self):
         return {
             "image_size": self.image_size,
             "stem_channels": self.stem_channels,

@@ -139,7 +139,7 @@ class MobileViTV2(MobileViTBase):
         self.in_channels = in_channels
         self._views = Views(features=features)
 
-    def get_config(self):
+    def constructor_config(self):
         return {
             "image_size": self.image_size,
             "stem_channels": self.stem_channels,

@@ -18,7 +18,7 @@ from keras_vit.layers import (
     resample_patch_embed,
 )
 from keras_vit.layers._validation import non_negative_int, pair, rate
-from keras_vit.models.base import Views, XLAByDefault
+from keras_vit.models.base import KerasViTModel, Views
 from keras_vit.registry import register_model
 
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
@@ -28,7 +28,7 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
-class VisionTransformer(XLAByDefault, keras.Model):
+class VisionTransformer(KerasViTModel):
     """ViT classifier or feature extractor, NHWC input; DeiT, DeiT III and register-token
     ViTs are configurations of it, as in timm's `VisionTransformer`.
 
@@ -60,6 +60,9 @@ class VisionTransformer(XLAByDefault, keras.Model):
     `patch_size` other than a checkpoint's resamples its patch kernel on loading (FlexiViT's
     pseudo-inverse, timm's `resample_patch_embed`), and `pos_embed` to the new grid.
     """
+
+    # timm's `no_weight_decay()`; 1-D parameters are excluded as well (`KerasViTModel`)
+    no_weight_decay_layers = ("pos_embed", "cls_token", "reg_token", "dist_token")
 
     def __init__(
         self,
@@ -282,6 +285,28 @@ class VisionTransformer(XLAByDefault, keras.Model):
         out = self.intermediate_model(indices).predict_on_batch(images)
         return out if isinstance(out, list) else [out]
 
+    # --- training contract (see KerasViTModel) ---
+    def _block_id_of_layer(self, top_layer_name):
+        """timm's `group_matcher` as `param_groups_layer_decay` numbers it: the stem
+        (patch_embed, tokens, pos_embed) 0, `blocks.i` i + 1, the final `norm` with the last
+        block (depth), `fc_norm` and the heads depth + 1."""
+        if top_layer_name.startswith("blocks_"):
+            return int(top_layer_name.split("_")[1]) + 1
+        if top_layer_name == "norm":
+            return self.depth
+        if top_layer_name in ("fc_norm", "head", "head_dist"):
+            return self.depth + 1
+        return 0
+
+    def _num_blocks(self):
+        return self.depth
+
+    def _heads_tensors(self):
+        heads = {"logits": self._views.logits}
+        if self.distilled:
+            heads.update(cls_logits=self._views.cls_logits, dist_logits=self._views.dist_logits)
+        return heads
+
     @property
     def pos_embed_prefix_tokens(self):
         """Prefix tokens inside `pos_embed`: all of them, or none with `no_embed_class`."""
@@ -316,7 +341,7 @@ class VisionTransformer(XLAByDefault, keras.Model):
             state_dict = {**state_dict, "pos_embed": resampled}
         return state_dict
 
-    def get_config(self):
+    def constructor_config(self):
         return {
             "image_size": self.image_size,
             "patch_size": self.patch_size,
@@ -348,10 +373,6 @@ class VisionTransformer(XLAByDefault, keras.Model):
             "name": self.name,
             "dtype": self.dtype_policy.name,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def _patch_stage(x, patch_size, embed_dim, dynamic_img_size, dtype):
@@ -459,6 +480,7 @@ for _size, _patch, _res in _VARIANTS:
         VisionTransformer,
         family="vit",
         arch=dict(_SIZES[_size], patch_size=_patch, image_size=_res),
+        size=_size,
         # weight-free defaults; a variant's default checkpoint tag (keras_vit/pretrained/
         # checkpoints.json) overrides them, e.g. the headless .dino / .orig_in21k variants
         num_classes=1000,

@@ -6,12 +6,14 @@ import os
 import keras
 import numpy as np
 
+from keras_vit import _keras_compat
+
 
 def seed_generators(model):
     """Every `SeedGenerator` (Dropout, DropPath, ...) inside `model`, in a fixed order."""
     found, seen = [], set()
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for generator in getattr(layer, "_seed_generators", []):
+    for layer in _keras_compat.flatten_layers(model):
+        for generator in _keras_compat.seed_generators(layer):
             if id(generator) not in seen:
                 seen.add(id(generator))
                 found.append(generator)

@@ -11,7 +11,7 @@ optimizer's cross-replica gradient sum under `tf.distribute`, `steps_per_executi
 import keras
 from keras import ops
 
-from keras_vit.models.base import XLAByDefault
+from keras_vit.models.base import XLAByDefault, has_distillation_head
 from keras_vit.training.losses import (
     DISTILLATION_MODES,
     deit_loss,
@@ -64,10 +64,9 @@ class DeiTDistiller(XLAByDefault, keras.Model):
     """Trains a DeiT student from a frozen teacher (Touvron et al. 2021).
 
     Args:
-        student: the model to train. For `"hard"`/`"soft"`, a distilled DeiT
-            (`DistilledVisionTransformer`, anything with a `heads_model` returning
-            `(cls_logits, dist_logits)`); for `"none"`, any classifier (a distilled DeiT trains
-            its class head only).
+        student: the model to train. For `"hard"`/`"soft"`, a distilled DeiT (a keras_vit
+            model whose `classifier_heads()` include `dist_logits`); for `"none"`, any
+            classifier (a distilled DeiT trains its class head only).
         teacher: a `keras.Model` returning logits `(B, num_classes)`; run with
             `training=False` and `stop_gradient`, never updated (its BatchNorm statistics
             included; `teacher.trainable` is set to False). May be None for `"none"`.
@@ -115,7 +114,7 @@ class DeiTDistiller(XLAByDefault, keras.Model):
             raise ValueError(f"distillation={distillation!r} needs a `teacher`, got None.")
         if teacher is not None and not isinstance(teacher, keras.Model):
             raise ValueError(f"`teacher` must be a keras.Model or None, got {teacher!r}.")
-        self._two_heads = bool(getattr(student, "distilled", False))
+        self._two_heads = has_distillation_head(student)
         if distillation != "none" and not self._two_heads:
             raise ValueError(
                 f"distillation={distillation!r} needs a student with a distillation head "
@@ -159,7 +158,7 @@ class DeiTDistiller(XLAByDefault, keras.Model):
         s_hw, t_hw = _static_hw(student), _static_hw(teacher) if use_teacher else None
         self._teacher_resize = t_hw if (s_hw and t_hw and s_hw != t_hw) else None
         if self._two_heads:
-            student.heads_model  # noqa: B018  (build the cached view now, not inside a trace)
+            student.classifier_heads()  # build the cached view now, not inside a trace
 
         self.label_loss_tracker = keras.metrics.Mean(name="label_loss")
         self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -186,12 +185,8 @@ class DeiTDistiller(XLAByDefault, keras.Model):
         """-> dict: `logits` (the student's output), `cls_logits`, `dist_logits` (two-head
         students), `teacher_logits` (when a teacher is used)."""
         if self._two_heads:
-            cls_logits, dist_logits = self.student.heads_model(images, training=training)
-            out = {
-                "logits": (cls_logits + dist_logits) / 2,  # the student's inference output
-                "cls_logits": cls_logits,
-                "dist_logits": dist_logits,
-            }
+            # `logits`: the student's own output (its head average), beside both heads
+            out = dict(self.student.classifier_heads()(images, training=training))
         else:
             logits = self.student(images, training=training)
             out = {"logits": logits, "cls_logits": logits}
@@ -240,9 +235,9 @@ class DeiTDistiller(XLAByDefault, keras.Model):
         if self._use_teacher:
             teacher_top1 = ops.argmax(y_pred["teacher_logits"], axis=-1)
             self.teacher_agreement.update_state(teacher_top1, y_pred["logits"], sample_weight)
-        if self._compile_metrics is not None:  # user metrics see the student's output
-            self._compile_metrics.update_state(y, y_pred["logits"], sample_weight)
-        return self.get_metrics_result()
+        # compiled (user) metrics see the student's output; Keras's own compute_metrics
+        # updates them and returns every metric's result
+        return super().compute_metrics(x, y, y_pred["logits"], sample_weight)
 
     # --- serialisation ---
     def get_config(self):

@@ -14,7 +14,10 @@ import dataclasses
 from dataclasses import dataclass
 
 import keras
-from keras.src.random.seed_generator import SeedGenerator
+
+from keras_vit._keras_compat import random_seed_dtype
+from keras_vit.models.base import KerasViTModel
+from keras_vit.registry import find_spec
 
 # DeiT: lr = 5e-4 * global_batch / 512
 REFERENCE_BATCH = 512
@@ -120,17 +123,24 @@ SMALL_DATA = dict(
 
 
 def recipe_for(model_name=None, dataset=None, **overrides):
-    """DeiT's recipe with the defaults for `model_name`'s size (`tiny`/`small`/`base`/...
-    found in the name), the small-data preset for `dataset="digits"`, then `overrides`."""
+    """DeiT's recipe with the defaults for `model_name`'s size (the registry's `size` of the
+    variant: `tiny`/`small`/`base`/...), the small-data preset for `dataset="digits"`, then
+    `overrides`."""
     recipe = Recipe()
+    spec = find_spec(model_name)
     if dataset == "digits":
         recipe = recipe.replace(**SMALL_DATA)
-    elif isinstance(model_name, str):
-        for size, knobs in _SIZE_OVERRIDES.items():
-            if f"_{size}_" in f"_{model_name.split('.')[0]}_":
-                recipe = recipe.replace(**knobs)
-                break
+    elif spec is not None and spec.size in _SIZE_OVERRIDES:
+        recipe = recipe.replace(**_SIZE_OVERRIDES[spec.size])
     return recipe.replace(**overrides)
+
+
+def no_weight_decay_variables(model):
+    """What the model says to leave undecayed (`no_weight_decay()`); for a model that is not
+    a keras_vit family (a user's convnet), its 1-D parameters (biases, norms)."""
+    if isinstance(model, KerasViTModel):
+        return model.no_weight_decay()
+    return [v for v in model.trainable_variables if len(v.shape) <= 1]
 
 
 def make_schedule(recipe, global_batch, steps_per_epoch, epochs):
@@ -151,8 +161,8 @@ def make_schedule(recipe, global_batch, steps_per_epoch, epochs):
 def make_optimizer(recipe, global_batch, steps_per_epoch, epochs, model=None):
     """AdamW on `make_schedule`, optional EMA of the weights, optional global-norm clipping.
 
-    Biases, norms, position embeddings and tokens get no weight decay (timm's
-    `no_weight_decay` plus 1-D parameters) when `model` is given.
+    When `model` is given, the variables it names in `no_weight_decay()` (biases, norms,
+    position embeddings, class/distillation/register tokens) get no weight decay.
     """
     schedule = make_schedule(recipe, global_batch, steps_per_epoch, epochs)
     optimizer = keras.optimizers.AdamW(
@@ -163,17 +173,11 @@ def make_optimizer(recipe, global_batch, steps_per_epoch, epochs, model=None):
         global_clipnorm=recipe.clip_norm,
     )
     if model is not None:
-        no_decay = [
-            v
-            for v in model.trainable_variables
-            if len(v.shape) <= 1
-            or v.path.split("/")[-2] in ("cls_token", "dist_token", "pos_embed")
-        ]
-        optimizer.exclude_from_weight_decay(var_list=no_decay)
+        optimizer.exclude_from_weight_decay(var_list=no_weight_decay_variables(model))
     return optimizer
 
 
-class _StatelessSeed(SeedGenerator):
+class _StatelessSeed(keras.random.SeedGenerator):
     """Stands in for a layer's `SeedGenerator` while it is traced into a tf.data function:
     each draw gets `fold_in(seed, k)` for the k-th draw of the trace, with `seed` a tensor that
     differs per batch, instead of incrementing a shared variable (racy under parallel map,
@@ -185,7 +189,6 @@ class _StatelessSeed(SeedGenerator):
 
     def next(self, ordered=True):
         import tensorflow as tf
-        from keras.src.backend import random_seed_dtype
 
         self._draws += 1
         return tf.cast(

@@ -83,52 +83,17 @@ def is_chief():
     return task_type == "worker" and index == 0 and not has_chief
 
 
-# --- Keras 3 + MultiWorkerMirroredStrategy ------------------------------------------------
-# Keras 3.15's TF trainer does not run under MultiWorkerMirroredStrategy out of the box
-# (tensorflow/tensorflow#72388): (1) `fit` first peeks at one distributed batch and
-# `strategy.reduce`s the whole `(x, y)` structure, which the collective all-reduce rejects
-# ("Attempt to convert a value (PerReplica...)"); (2) every step's logs are reduced with
-# `strategy.reduce("MEAN", v, axis=0)`, which fails on scalar metrics ("Invalid reduction
-# dimension 0 for input with 0 dimensions"). The two fixes below are applied only under that
-# strategy.
-_REDUCE_PATCHED = False
-
-
-def _patch_keras_multiworker_reduce():
-    global _REDUCE_PATCHED
-    if _REDUCE_PATCHED:
-        return
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    original = tf_trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
-            strategy
-        ):
-            # mean over workers; axis=None for scalars (axis 0 only where there is one)
-            return tree.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=0 if len(v.shape) else None), values
-            )
-        return original(values, strategy, reduction)
-
-    tf_trainer.reduce_per_replica = reduce_per_replica
-    _REDUCE_PATCHED = True
-
-
 def prepare_multiworker_fit(model, dataset):
-    """Apply the two Keras workarounds above to `model` before `model.fit(dataset)`."""
+    """Make `model.fit(dataset)` run under MultiWorkerMirroredStrategy with Keras 3: the two
+    workarounds of `keras_vit._keras_compat` (reduce scalar logs with axis=None; build from
+    zeros of the dataset's shapes instead of peeking at a distributed batch)."""
     import tensorflow as tf
 
-    _patch_keras_multiworker_reduce()
-    build = type(model)._maybe_symbolic_build
+    from keras_vit._keras_compat import build_without_peek, patch_multiworker_reduce
+
+    patch_multiworker_reduce()
     # the peek only serves to build layers/metrics from a batch's shapes: zeros will do
     zeros = tf.nest.map_structure(
         lambda spec: tf.zeros([d or 1 for d in spec.shape], spec.dtype), dataset.element_spec
     )
-
-    def without_peek(iterator=None, data_batch=None):
-        return build(model, iterator=None, data_batch=zeros)
-
-    model._maybe_symbolic_build = without_peek
+    build_without_peek(model, zeros)

@@ -208,6 +208,7 @@ def _fit_one(
     import tensorflow as tf
 
     from keras_vit.data import eval_dataset, preprocessing_for, train_dataset
+    from keras_vit.models.base import has_distillation_head
     from keras_vit.training import DeiTDistiller
     from keras_vit.training.callbacks import EpochRNG, ProgressFile
     from keras_vit.training.strategy import is_chief, prepare_multiworker_fit, task_id
@@ -238,7 +239,7 @@ def _fit_one(
         teacher_model = None
         if teacher is not None:
             teacher_model = _load_teacher(teacher, splits.num_classes, image_size)
-        two_heads = bool(getattr(student, "distilled", False))
+        two_heads = has_distillation_head(student)
         if distillation is None:
             distillation = "hard" if (two_heads and teacher_model is not None) else "none"
         distiller = DeiTDistiller(
