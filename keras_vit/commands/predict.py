@@ -23,7 +23,7 @@ def add_arguments(parser):
 
 def run(args):
     from keras_vit.cli import load_model, progress
-    from keras_vit.commands._images import first_unreadable, read_image_bytes, unreadable
+    from keras_vit.commands._images import read_image_bytes
 
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}.")
@@ -33,6 +33,7 @@ def run(args):
 
     import tensorflow as tf
 
+    from keras_vit.data.transform import UnreadableImageError, first_undecodable
     from keras_vit.export import bytes_function, resolve_class_names
 
     if getattr(model, "num_classes", 1) == 0:
@@ -45,10 +46,10 @@ def run(args):
         try:
             out = forward(tf.constant([read_image_bytes(p) for p in chunk]))
         except tf.errors.OpError:
-            bad = first_unreadable(chunk)
+            bad = first_undecodable(chunk)
             if bad is None:
                 raise
-            raise unreadable(bad) from None
+            raise UnreadableImageError(bad) from None
         ids, probs = out["top_k_ids"].numpy(), out["top_k_probabilities"].numpy()
         for path, row_ids, row_probs in zip(chunk, ids, probs):
             print(path)

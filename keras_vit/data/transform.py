@@ -359,3 +359,26 @@ class EvalTransform:
             image_bytes,
             fn_output_signature=tf.TensorSpec((*self.input_size, 3), tf.float32),
         )
+
+
+# --- files that do not decode ---------------------------------------------------------------
+class UnreadableImageError(ValueError):
+    """A file that is not a readable JPEG, PNG, BMP or GIF; the message names it."""
+
+    def __init__(self, path):
+        super().__init__(
+            f"{path}: not a readable JPEG, PNG, BMP or GIF image (corrupt or truncated?)"
+        )
+        self.path = path
+
+
+def first_undecodable(paths):
+    """The first of `paths` that `decode` cannot read, or None. (A batch or tf.data pipeline
+    that fails reports an op error naming no file: this finds it.)"""
+    fn = tf.function(decode)
+    for path in paths:
+        try:
+            fn(tf.io.read_file(path))
+        except tf.errors.OpError:
+            return path
+    return None
