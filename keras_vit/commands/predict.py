@@ -2,7 +2,7 @@ HELP = "Classify images with a model: the top-k classes and their probabilities.
 EPILOG = """examples:
   keras-vit predict cat.jpg dog.png --model deit_small_patch16_224.fb_in1k --top 3
   keras-vit predict photos/*.jpg --model vit_base_patch16_224 --weights vit_b16.safetensors
-  keras-vit predict cat.jpg --weights my_model.keras
+  keras-vit predict cat.jpg --weights my_model.keras --json
 
 Images go through the checkpoint's evaluation transform (timm's: decoded as PIL, resized with
 Pillow's filter to size / crop_pct, centre-cropped) by the same graph as the exported
@@ -19,9 +19,16 @@ def add_arguments(parser):
     parser.add_argument(
         "--top", type=int, default=5, metavar="K", help="classes to show per image (default 5)"
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON line per image: its path, top-k ids, probabilities, names and logits",
+    )
 
 
 def run(args):
+    import json
+
     from keras_vit.cli import load_model, progress
     from keras_vit.commands._images import read_image_bytes
 
@@ -51,6 +58,15 @@ def run(args):
                 raise
             raise UnreadableImageError(bad) from None
         ids, probs = out["top_k_ids"].numpy(), out["top_k_probabilities"].numpy()
+        if args.json:
+            for path, row_ids, row_probs, logits in zip(chunk, ids, probs, out["logits"].numpy()):
+                row = {"image": path, "top_k_ids": row_ids.tolist()}
+                row["top_k_probabilities"] = row_probs.tolist()
+                if names:
+                    row["top_k_class_names"] = [names[i] for i in row_ids]
+                row["logits"] = logits.tolist()
+                print(json.dumps(row))
+            continue
         for path, row_ids, row_probs in zip(chunk, ids, probs):
             print(path)
             for rank, (i, p) in enumerate(zip(row_ids, row_probs), 1):
