@@ -151,32 +151,51 @@ def _fixed_point(w):
     return tf.cast(tf.where(scaled < 0, scaled - 0.5, scaled + 0.5), tf.int32)
 
 
-def _resample_axis(image, out_size, axis, interpolation):
-    """One pass of Resample.c along `axis` (0: vertical, 1: horizontal) of `(h, w, c)`.
+# Above this many gathered elements (out x ksize x w x c), accumulate window tap by tap.
+_MAX_GATHER = 1 << 24
+
+
+def _resample_rows(image, out_size, interpolation):
+    """One vertical pass of Resample.c over `(h, w, c)` -> `(out, w, c)`.
 
     uint8 in: int32 fixed-point sums, `(sum + 2**21) >> 22` clipped to 0..255 (`clip8`).
     float32 in: double-precision weights, no rounding (Pillow's float "F" mode)."""
-    in_size = tf.shape(image)[axis]
+    in_size = tf.shape(image)[0]
     first, w = _coefficients(in_size, out_size, interpolation)
     ksize = tf.shape(w)[1]
-    shape = (-1, 1, 1) if axis == 0 else (1, -1, 1)  # broadcast (out,) over the other axes
     integer = image.dtype == tf.uint8
     source = tf.cast(image, tf.int32 if integer else tf.float32)
-    weights = _fixed_point(w) if integer else tf.cast(w, tf.float32)
-    acc_shape = tf.tensor_scatter_nd_update(tf.shape(image), [[axis]], [out_size])
-    acc = tf.zeros(acc_shape, source.dtype)
+    weights = _fixed_point(w) if integer else tf.cast(w, tf.float32)  # (out, ksize)
+    # input row `first + j` of every output (clamped: its weight is 0 past the window)
+    rows = tf.minimum(first[:, None] + tf.range(ksize)[None, :], in_size - 1)  # (out, ksize)
 
-    def step(j, acc):
-        # input index `first + j` of every output (clamped: its weight is 0 past the window)
-        idx = tf.minimum(first + j, in_size - 1)
-        return j + 1, acc + tf.gather(source, idx, axis=axis) * tf.reshape(weights[:, j], shape)
+    def all_taps():  # one gather of whole rows: (out, ksize, w, c)
+        return tf.reduce_sum(tf.gather(source, rows) * weights[:, :, None, None], axis=1)
 
-    # ksize steps of (out x other x c) each: no (out, ksize, ...) intermediate in memory
-    _, acc = tf.while_loop(lambda j, _: j < ksize, step, (tf.constant(0), acc))
+    def tap_by_tap():  # large downscales: ksize gathers of (out, w, c), little memory
+        acc = tf.zeros(tf.concat([[out_size], tf.shape(image)[1:]], 0), source.dtype)
+
+        def step(j, acc):
+            return j + 1, acc + tf.gather(source, rows[:, j]) * weights[:, j, None, None]
+
+        return tf.while_loop(lambda j, _: j < ksize, step, (tf.constant(0), acc))[1]
+
+    gathered = tf.cast(out_size * ksize, tf.int64) * tf.cast(tf.size(image), tf.int64)
+    gathered = gathered // tf.cast(tf.maximum(in_size, 1), tf.int64)
+    acc = tf.cond(gathered <= _MAX_GATHER, all_taps, tap_by_tap)
     if not integer:
         return acc
     acc = tf.bitwise.right_shift(acc + (1 << (_PRECISION_BITS - 1)), _PRECISION_BITS)
     return tf.cast(tf.clip_by_value(acc, 0, 255), tf.uint8)
+
+
+def _resample_axis(image, out_size, axis, interpolation):
+    """One pass along `axis` (0: vertical, 1: horizontal); the horizontal one on the
+    transposed image (gathering whole rows is several times faster than gathering columns)."""
+    if axis == 0:
+        return _resample_rows(image, out_size, interpolation)
+    out = _resample_rows(tf.transpose(image, (1, 0, 2)), out_size, interpolation)
+    return tf.transpose(out, (1, 0, 2))
 
 
 def resize(image, size, interpolation="bicubic"):
