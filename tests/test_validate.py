@@ -179,3 +179,33 @@ def test_bad_arguments():
         keras_vit.validate(
             keras_vit.create_model("deit_tiny_patch16_224", depth=1), data="/nowhere"
         )
+
+
+def test_tfds_source_reads_encoded_bytes():
+    """A TFDS name (mocked: TFDS's `mock_data` writes PNG-encoded images): the encoded bytes
+    go through the same transform, so the predictions are the model's on timm's pixels."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from export_fixtures import randomize_keras_model, timm_eval_steps
+
+    from keras_vit.data.transform import EvalTransform
+
+    model = keras_vit.create_model("deit_tiny_patch16_224", image_size=32, depth=1)
+    randomize_keras_model(model, seed=4)
+    steps, _ = timm_eval_steps(EvalTransform.from_model(model))
+    with tfds.testing.mock_data(num_examples=12):
+        result = keras_vit.validate(
+            model, dataset="cifar10", split="test", batch_size=5, return_predictions=True
+        )
+        decoded = tfds.load("cifar10", split="test", as_supervised=True, shuffle_files=False)
+        pixels, labels = [], []
+        for image, label in decoded:
+            picture = Image.fromarray(image.numpy())
+            for step in steps:
+                picture = step(picture)
+            pixels.append(np.asarray(picture, np.float32))
+            labels.append(int(label))
+    logits = np.asarray(model.predict_on_batch(np.stack(pixels)))
+    assert result["num_images"] == 12
+    assert np.ptp(logits, axis=0).max() > 0.1  # the images give different logits
+    np.testing.assert_array_equal(result["predictions"], logits.argmax(1))
+    assert result["top1"] == pytest.approx(100 * np.mean(logits.argmax(1) == labels), abs=1e-4)
