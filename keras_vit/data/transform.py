@@ -155,15 +155,15 @@ def _fixed_point(w):
 _MAX_GATHER = 1 << 24
 
 
-def _resample_rows(image, out_size, interpolation):
+def _resample_rows(image, out_size, interpolation, integer):
     """One vertical pass of Resample.c over `(h, w, c)` -> `(out, w, c)`.
 
-    uint8 in: int32 fixed-point sums, `(sum + 2**21) >> 22` clipped to 0..255 (`clip8`).
-    float32 in: double-precision weights, no rounding (Pillow's float "F" mode)."""
+    integer (uint8 pixels, whatever the dtype holding them): int32 fixed-point sums,
+    `(sum + 2**21) >> 22` clipped to 0..255 (`clip8`), returned in `image`'s dtype.
+    Otherwise: double-precision weights, no rounding (Pillow's float "F" mode), float32."""
     in_size = tf.shape(image)[0]
     first, w = _coefficients(in_size, out_size, interpolation)
     ksize = tf.shape(w)[1]
-    integer = image.dtype == tf.uint8
     source = tf.cast(image, tf.int32 if integer else tf.float32)
     weights = _fixed_point(w) if integer else tf.cast(w, tf.float32)  # (out, ksize)
     # input row `first + j` of every output (clamped: its weight is 0 past the window)
@@ -186,15 +186,16 @@ def _resample_rows(image, out_size, interpolation):
     if not integer:
         return acc
     acc = tf.bitwise.right_shift(acc + (1 << (_PRECISION_BITS - 1)), _PRECISION_BITS)
-    return tf.cast(tf.clip_by_value(acc, 0, 255), tf.uint8)
+    return tf.cast(tf.clip_by_value(acc, 0, 255), image.dtype)
 
 
-def _resample_axis(image, out_size, axis, interpolation):
-    """One pass along `axis` (0: vertical, 1: horizontal); the horizontal one on the
-    transposed image (gathering whole rows is several times faster than gathering columns)."""
+def _resample_axis(image, out_size, axis, interpolation, integer):
+    """One pass along `axis` (0: vertical, 1: horizontal) of a float32 image; the horizontal
+    one on the transposed image (gathering whole rows is several times faster than gathering
+    columns)."""
     if axis == 0:
-        return _resample_rows(image, out_size, interpolation)
-    out = _resample_rows(tf.transpose(image, (1, 0, 2)), out_size, interpolation)
+        return _resample_rows(image, out_size, interpolation, integer)
+    out = _resample_rows(tf.transpose(image, (1, 0, 2)), out_size, interpolation, integer)
     return tf.transpose(out, (1, 0, 2))
 
 
@@ -207,25 +208,28 @@ def resize(image, size, interpolation="bicubic"):
         raise ValueError(f"`interpolation` must be one of {INTERPOLATIONS}, got {interpolation!r}.")
     out_h, out_w = (tf.cast(s, tf.int32) for s in size)
     in_h, in_w = tf.shape(image)[0], tf.shape(image)[1]
+    # uint8 pixels travel as float32 (exact) with `integer` set: oneDNN's uint8 kernels log an
+    # error line on CPUs without AVX-512, and the passes round to whole levels anyway
+    integer = image.dtype == tf.uint8
+    x = tf.cast(image, tf.float32)
 
     def horizontal(x):
         return tf.cond(
             tf.equal(tf.shape(x)[1], out_w),
             lambda: x,
-            lambda: _resample_axis(x, out_w, 1, interpolation),
+            lambda: _resample_axis(x, out_w, 1, interpolation, integer),
         )
 
     def vertical(x):
         return tf.cond(
             tf.equal(tf.shape(x)[0], out_h),
             lambda: x,
-            lambda: _resample_axis(x, out_h, 0, interpolation),
+            lambda: _resample_axis(x, out_h, 0, interpolation, integer),
         )
 
     vertical_first = tf.logical_and(in_h - out_h > 0, in_h - out_h > (in_w - out_w) * 2)
-    out = tf.cond(
-        vertical_first, lambda: horizontal(vertical(image)), lambda: vertical(horizontal(image))
-    )
+    out = tf.cond(vertical_first, lambda: horizontal(vertical(x)), lambda: vertical(horizontal(x)))
+    out = tf.cast(out, image.dtype) if integer else out
     return tf.ensure_shape(out, (None, None, image.shape[-1]))
 
 
