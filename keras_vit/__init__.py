@@ -6,6 +6,7 @@ from keras_vit import _quiet_start  # noqa: F401  (first: quiet backend start un
 # isort: on
 from keras_vit.attention import attention_rollout, attention_weights, rollout_map
 from keras_vit.convert.api import convert
+from keras_vit.evaluation import validate
 from keras_vit.export import export_saved_model, export_tflite
 from keras_vit.loading import load_weights
 from keras_vit.pretrained import get_pretrained_cfg, list_pretrained
@@ -29,5 +30,6 @@ __all__ = [
     "load_weights",
     "rollout_map",
     "train",
+    "validate",
     "__version__",
 ]

@@ -22,6 +22,7 @@ COMMANDS = {
     "attention": "keras_vit.commands.attention",
     "convert": "keras_vit.commands.convert",
     "train": "keras_vit.commands.train",
+    "validate": "keras_vit.commands.validate",
 }
 
 

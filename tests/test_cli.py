@@ -4,9 +4,10 @@ end with one line on stderr, exit code 2 and no traceback."""
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
-from export_fixtures import randomize_keras_model, uint8_images
+from export_fixtures import randomize_keras_model, timm_eval_pixels, timm_eval_steps, uint8_images
 from helpers import subprocess_env
 from PIL import Image
 
@@ -41,7 +42,13 @@ def files(tmp_path_factory):
     big = uint8_images(1, 50, 70, seed=9)[0]
     Image.fromarray(big).save(tmp / "big.jpg")
     (tmp / "notes.jpg").write_text("not an image")
-    probs = serving_function(model, 3)(images.astype(np.float32))
+    # predict applies timm's eval transform; a .keras file has no checkpoint cfg: timm's
+    # defaults (0.875, center, bicubic)
+    from keras_vit.data.transform import EvalTransform
+
+    steps, _ = timm_eval_steps(EvalTransform((32, 32)))
+    pixels = np.stack([timm_eval_pixels(open(p, "rb").read(), steps) for p in paths])
+    probs = serving_function(model, 3)(pixels.astype(np.float32))
     return tmp, paths, {k: np.asarray(v) for k, v in probs.items()}
 
 
@@ -118,3 +125,31 @@ def test_export_tflite_and_savedmodel(files):
 def test_user_mistakes_are_one_line(files, args, fragments):
     tmp = files[0]
     _assert_user_error(_cli(*[a.format(tmp=tmp) for a in args]), *fragments)
+
+
+def test_predict_gives_the_savedmodels_logits(files):
+    """`predict` runs the SavedModel's `serve_image_bytes` graph: the same logits from the
+    same files (a PNG at the input size, a JPEG of another size, a palette GIF)."""
+    import json
+
+    import tensorflow as tf
+
+    from keras_vit.export import export_saved_model
+
+    tmp, paths, _ = files
+    model = keras.saving.load_model(tmp / "tiny.keras")
+    images = [*paths, tmp / "big.jpg"]
+    with Image.open(tmp / "big.jpg") as im:
+        im.convert("P").save(tmp / "big.gif")
+    images.append(tmp / "big.gif")
+    export = export_saved_model(model, str(tmp / "served"))
+    served = tf.saved_model.load(export).signatures["serve_image_bytes"]
+    data = tf.constant([open(p, "rb").read() for p in images])
+    expected = served(image_bytes=data)["logits"].numpy()
+    proc = _cli("predict", *images, "--weights", tmp / "tiny.keras", "--json", "--top", 2)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [r["image"] for r in rows] == [str(p) for p in images]
+    logits = np.array([r["logits"] for r in rows])
+    np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
+    assert np.abs(expected[0] - expected[2]).max() > 1e-2  # the files give different answers

@@ -12,33 +12,13 @@ def read_image_bytes(path):
         return f.read()
 
 
-def unreadable(path):
-    """The one-line error for a file that does not decode."""
-    return ValueError(f"{path}: not a readable JPEG, PNG, BMP or GIF image (corrupt or truncated?)")
-
-
-def first_unreadable(paths):
-    """The first of `paths` that does not decode (as `serve_image_bytes` decodes), or None."""
-    import tensorflow as tf
-
-    from keras_vit.data.transform import decode
-
-    fn = tf.function(decode)
-    for path in paths:
-        try:
-            fn(tf.constant(read_image_bytes(path)))
-        except tf.errors.OpError:
-            return path
-    return None
-
-
 def load_images(paths, transform):
     """Image files -> float32 `(N, H, W, 3)` in 0..255 through `transform`: an `EvalTransform`,
     or an `(H, W)` size for the whole picture squashed to it (Pillow's bicubic, no crop: what
     an overlay on the original image needs)."""
     import tensorflow as tf
 
-    from keras_vit.data.transform import EvalTransform
+    from keras_vit.data.transform import EvalTransform, UnreadableImageError
 
     if not isinstance(transform, EvalTransform):
         transform = EvalTransform(tuple(transform), crop_pct=1.0, crop_mode="squash")
@@ -49,5 +29,5 @@ def load_images(paths, transform):
         try:
             batch.append(fn(tf.constant(data)))
         except tf.errors.OpError:
-            raise unreadable(path) from None
+            raise UnreadableImageError(path) from None
     return tf.stack(batch).numpy()

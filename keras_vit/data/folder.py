@@ -30,9 +30,11 @@ def list_image_folder(root):
 
 
 def decode_image(path):
-    """File path (scalar string tensor) -> `(H, W, 3)` float32 RGB in 0..255 (graph ops only)."""
+    """File path (scalar string tensor) -> `(H, W, 3)` float32 RGB in 0..255 (graph ops only),
+    decoded as PIL decodes it (`keras_vit.data.transform.decode`: the evaluation split then
+    sees timm's exact pixels)."""
     import tensorflow as tf
 
-    data = tf.io.read_file(path)
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)  # (H, W, 3) uint8
-    return tf.cast(image, tf.float32)
+    from keras_vit.data.transform import decode
+
+    return tf.cast(decode(tf.io.read_file(path)), tf.float32)
