@@ -71,7 +71,9 @@ def test_builtin_ops_only(float_exports, name):
     if not name.startswith("mobilevit"):
         assert "GELU" in ops
     if name.startswith("mobilevitv2"):  # separable attention's split, the resize's gathers
-        assert {"SPLIT_V", "GATHER"} <= set(ops)  # exact GELU stays one builtin op, no Erf from SELECT_TF_OPS
+        assert {"SPLIT_V", "GATHER"} <= set(
+            ops
+        )  # exact GELU stays one builtin op, no Erf from SELECT_TF_OPS
 
 
 @pytest.mark.parametrize("quantization,max_ratio", [("float16", 0.6), ("dynamic", 0.4)])
