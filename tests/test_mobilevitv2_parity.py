@@ -261,3 +261,6 @@ def test_bad_arguments_name_the_value():
         keras_vit.create_model("mobilevitv2_050", num_classes=-1)
     with pytest.raises(ValueError, match="1.5"):
         keras_vit.create_model("mobilevitv2_050", drop_path_rate=1.5)
+    model = keras_vit.create_model("mobilevitv2_050", image_size=96, **REDUCED)
+    with pytest.raises(ValueError, match=r"\(None, 96, 96, 3\).*\(1, 64, 64, 3\)"):
+        model.predict_on_batch(np.zeros((1, 64, 64, 3), np.float32))  # names both sizes
