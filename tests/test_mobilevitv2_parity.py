@@ -200,13 +200,14 @@ def test_preprocessing_pooled_features_and_pretrained_cfg(small):
     assert m.input_shape == (None, 64, 64, 3)  # an explicit size wins
 
 
-def test_linear_attention_matches_timm():
+@pytest.mark.parametrize("patches", [10, 1])  # 1: a 64 px image's last stage
+def test_linear_attention_matches_timm(patches):
     from timm.models.mobilevit import LinearSelfAttention as TimmAttention
 
     ref = randomize_timm_model(TimmAttention(16).eval(), seed=3)
-    x = np.random.default_rng(0).standard_normal((2, 16, 4, 10)).astype(np.float32)  # B C P N
-    layer = LinearSelfAttention()
-    layer.build((None, 4, 10, 16))
+    x = np.random.default_rng(0).standard_normal((2, 16, 4, patches)).astype(np.float32)
+    layer = LinearSelfAttention()  # x: (B, C, P, N) for timm, (B, P, N, C) for us
+    layer.build((None, 4, patches, 16))
     layer.qkv_proj.kernel.assign(ref.qkv_proj.weight.detach().numpy().transpose(2, 3, 1, 0))
     layer.qkv_proj.bias.assign(ref.qkv_proj.bias.detach().numpy())
     layer.out_proj.kernel.assign(ref.out_proj.weight.detach().numpy().transpose(2, 3, 1, 0))
@@ -260,3 +261,6 @@ def test_bad_arguments_name_the_value():
         keras_vit.create_model("mobilevitv2_050", num_classes=-1)
     with pytest.raises(ValueError, match="1.5"):
         keras_vit.create_model("mobilevitv2_050", drop_path_rate=1.5)
+    model = keras_vit.create_model("mobilevitv2_050", image_size=96, **REDUCED)
+    with pytest.raises(ValueError, match=r"\(None, 96, 96, 3\).*\(1, 64, 64, 3\)"):
+        model.predict_on_batch(np.zeros((1, 64, 64, 3), np.float32))  # names both sizes

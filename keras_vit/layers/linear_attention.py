@@ -51,8 +51,11 @@ class LinearSelfAttention(keras.layers.Layer):
             raise ValueError(f"LinearSelfAttention needs static P and N, got shape {x.shape}.")
         qkv = self.qkv_proj(x)  # (B, P, N, 1 + 2C)
         query, key, value = keras.ops.split(qkv, [1, 1 + dim], axis=-1)
-        # softmax over the N patches, on the last axis (what every backend and TFLite fuse)
-        scores = keras.ops.softmax(keras.ops.reshape(query, (-1, p, 1, n)), axis=-1)  # (B,P,1,N)
+        query = keras.ops.reshape(query, (-1, p, 1, n))  # (B, P, 1, N)
+        if n == 1:  # one patch (a small image's last stage): softmax is exactly 1, as in timm
+            scores = keras.ops.ones_like(query)
+        else:  # softmax over the N patches, on the last axis (what every backend and TFLite fuse)
+            scores = keras.ops.softmax(query, axis=-1)
         scores = self.attn_dropout(scores, training=training)
         context = keras.ops.matmul(scores, key)  # (B, P, 1, N) @ (B, P, N, C) -> (B, P, 1, C)
         out = keras.ops.relu(value) * context  # (B, P, N, C)

@@ -129,7 +129,10 @@ class MobileViTV2Block(keras.layers.Layer):
         self.patch_size = pair("patch_size", patch_size)
         self.kernel_size = positive_int("kernel_size", kernel_size)
         self.activation = activation
-        self.mlp_ratio = mlp_ratio
+        _activation(activation)  # validates the name
+        if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
+            raise ValueError(f"`mlp_ratio` must be positive, got {mlp_ratio!r}.")
+        self.mlp_ratio = float(mlp_ratio)
         self.attn_drop = rate("attn_drop", attn_drop)
         self.drop_path = rate("drop_path", drop_path)
         self.norm_epsilon = float(norm_epsilon)
