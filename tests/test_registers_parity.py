@@ -192,3 +192,20 @@ def test_swiglu_packed_matches_timm():
         SwiGLUPacked(41)
     with pytest.raises(ValueError, match="swiglu"):
         VisionTransformer(image_size=28, patch_size=14, depth=1, mlp_layer="swiglu")
+
+
+def test_dinov2_giant_config_keras_round_trip(tmp_path):
+    """SwiGLU blocks, registers and the headless output survive a `.keras` save/load."""
+    import keras
+
+    model = keras_vit.create_model(
+        "vit_giant_patch14_reg4_dinov2", depth=1, image_size=28, embed_dim=48, num_heads=4
+    )
+    assert model.get_layer("blocks_0").mlp.fc1.kernel.shape == (48, 256)  # int(48 * 5.33334)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 3)).astype(np.float32)
+    expected = model.predict_on_batch(x)
+    model.save(tmp_path / "g.keras")
+    loaded = keras.saving.load_model(tmp_path / "g.keras")
+    assert type(loaded) is VisionTransformer and loaded.get_config() == model.get_config()
+    assert isinstance(loaded.get_layer("blocks_0").mlp, SwiGLUPacked)
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), expected)
