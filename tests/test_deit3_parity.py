@@ -75,9 +75,12 @@ def test_parity_full_size(case, tmp_path):
     _run(case, tmp_path)
 
 
+@pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("name", DEIT3_NAMES)
-def test_param_count_matches_timm_at_depth_1(name):
-    assert_param_count(name, depth=1)
+def test_param_count_matches_timm_at_depth_1_and_2(name, depth):
+    """Both counts are affine in the depth (stem + head + depth x block): equal at two depths,
+    they are equal at every depth, the full one included, without building the full model."""
+    assert_param_count(name, depth=depth)
 
 
 @pytest.mark.parametrize("name", ["deit3_small_patch16_224", "deit3_medium_patch16_224"])

@@ -40,15 +40,27 @@ def _timm_checkpoints(pattern, keep=lambda arch: True):
         ("deit", "deit_*", lambda a: True),
         ("mobilevit", "mobilevit_*", lambda a: True),
         ("mobilevitv2", "mobilevitv2_*", lambda a: True),
+        ("deit3", "deit3_*", lambda a: True),
+        (
+            "vit_reg",
+            "vit_*_reg4_gap_*",
+            re.compile(
+                r"vit_(little|medium|mediumd|betwixt|base)_patch16_reg4_gap_(256|384)$"
+            ).match,
+        ),
+        (
+            "dinov2",
+            "vit_*_dinov2*",
+            re.compile(r"vit_(small|base|large|giant)_patch14_(reg4_)?dinov2$").match,
+        ),
     ],
 )
 def test_registry_lists_every_timm_checkpoint_of_the_family(family, pattern, keep):
     expected = _timm_checkpoints(pattern, keep)
     ours = [n for n in list_pretrained(pattern) if get_pretrained_cfg(n).family == family]
-    assert (
-        ours == expected
-        and len(ours) == {"vit": 46, "deit": 8, "mobilevit": 3, "mobilevitv2": 13}[family]
-    )
+    counts = {"vit": 46, "deit": 8, "mobilevit": 3, "mobilevitv2": 13}
+    counts.update({"deit3": 16, "vit_reg": 15, "dinov2": 8})
+    assert ours == expected and len(ours) == counts[family]
     # every checkpoint's architecture is registered here, once its family has landed
     if keras_vit.list_models(pattern):
         missing = {n.split(".")[0] for n in ours} - set(keras_vit.list_models(pattern))
@@ -68,7 +80,8 @@ def test_checkpoint_cfg_matches_timm(name):
     assert ours.default == (timm_cfg(ours.architecture).tag == ours.tag)
     published = TIMM_RESULTS.get(name)  # timm's results-imagenet.csv row, if it has one
     assert (ours.top1, ours.top5) == (published or (None, None))
-    if ours.label_set == "imagenet-1k" and ours.family in ("deit", "mobilevit", "mobilevitv2"):
+    one_k_families = ("deit", "mobilevit", "mobilevitv2", "deit3", "vit_reg")
+    if ours.label_set == "imagenet-1k" and ours.family in one_k_families:
         assert published is not None, f"timm publishes ImageNet figures for {name}"
 
 
@@ -130,7 +143,7 @@ def test_list_pretrained_pattern_and_cli_table(capsys):
         list_pretrained(3)
     assert cli_main(["list", "--pretrained"]) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if "." in r.split(" ")[0]]
-    assert len(rows) == len(list_pretrained()) == 70
+    assert len(rows) == len(list_pretrained()) == 109
     for row in rows:  # name, params, size, top-1, top-5, classes, input, licence
         name, params, size, top1, top5, classes, _, licence = row.split()
         cfg = get_pretrained_cfg(name)

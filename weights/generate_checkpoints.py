@@ -3,7 +3,8 @@ weights/manifest.csv from timm.
 
 The checkpoint registry is data taken from timm's own pretrained configs (`timm.list_pretrained`,
 `timm.models.get_pretrained_cfg`), for the architectures keras_vit registers: the 18 classic
-`vit_*` variants, `deit_*`, `mobilevit_*` and `mobilevitv2_*`. Run from the repository root:
+`vit_*` variants, `deit_*`, `mobilevit_*`, `mobilevitv2_*`, `deit3_*`, the `vit_*_reg4_gap_*` register
+ViTs and DINOv2 (`vit_*_patch14[_reg4]_dinov2`). Run from the repository root:
 
     .venv/bin/python weights/generate_checkpoints.py
 
@@ -32,13 +33,22 @@ FAMILIES = {
     "deit": "deit_*",
     "mobilevit": "mobilevit_*",
     "mobilevitv2": "mobilevitv2_*",
+    "deit3": "deit3_*",
+    "vit_reg": "vit_*_reg4_gap_*",
+    "dinov2": "vit_*_dinov2*",
+}
+# timm names more architectures under these patterns than keras_vit registers (RoPE, so150m)
+FILTERS = {
+    "vit": CLASSIC_VIT,
+    "vit_reg": re.compile(r"vit_(little|medium|mediumd|betwixt|base)_patch16_reg4_gap_(256|384)$"),
+    "dinov2": re.compile(r"vit_(small|base|large|giant)_patch14_(reg4_)?dinov2$"),
 }
 
 
 def architectures(family, pattern):
     names = timm.list_models(pattern)
-    if family == "vit":
-        names = [n for n in names if CLASSIC_VIT.match(n)]
+    if family in FILTERS:
+        names = [n for n in names if FILTERS[family].match(n)]
     return sorted(names)
 
 
