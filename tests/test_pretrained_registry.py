@@ -39,12 +39,16 @@ def _timm_checkpoints(pattern, keep=lambda arch: True):
         ("vit", "vit_*", CLASSIC_VIT.match),
         ("deit", "deit_*", lambda a: True),
         ("mobilevit", "mobilevit_*", lambda a: True),
+        ("flexivit", "flexivit_*", lambda a: True),
     ],
 )
 def test_registry_lists_every_timm_checkpoint_of_the_family(family, pattern, keep):
     expected = _timm_checkpoints(pattern, keep)
     ours = [n for n in list_pretrained(pattern) if get_pretrained_cfg(n).family == family]
-    assert ours == expected and len(ours) == {"vit": 46, "deit": 8, "mobilevit": 3}[family]
+    assert (
+        ours == expected
+        and len(ours) == {"vit": 46, "deit": 8, "mobilevit": 3, "flexivit": 13}[family]
+    )
     # every checkpoint's architecture is registered here, once its family has landed
     if keras_vit.list_models(pattern):
         missing = {n.split(".")[0] for n in ours} - set(keras_vit.list_models(pattern))

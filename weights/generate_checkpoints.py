@@ -3,7 +3,7 @@ weights/manifest.csv from timm.
 
 The checkpoint registry is data taken from timm's own pretrained configs (`timm.list_pretrained`,
 `timm.models.get_pretrained_cfg`), for the architectures keras_vit registers: the 18 classic
-`vit_*` variants, `deit_*` and `mobilevit_*`. Run from the repository root:
+`vit_*` variants, `deit_*`, `mobilevit_*` and `flexivit_*`. Run from the repository root:
 
     .venv/bin/python weights/generate_checkpoints.py
 
@@ -27,7 +27,12 @@ from timm.models import get_pretrained_cfg
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "keras_vit" / "pretrained"
 CLASSIC_VIT = re.compile(r"vit_(tiny|small|base|large|huge)_patch(8|14|16|32)_(224|384)$")
-FAMILIES = {"vit": "vit_*", "deit": "deit_*", "mobilevit": "mobilevit_*"}
+FAMILIES = {
+    "vit": "vit_*",
+    "deit": "deit_*",
+    "mobilevit": "mobilevit_*",
+    "flexivit": "flexivit_*",
+}
 
 
 def architectures(family, pattern):
