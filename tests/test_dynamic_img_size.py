@@ -218,3 +218,20 @@ def test_dynamic_img_size_on_other_backends(backend):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result.pop("backend") == backend
     assert max(result.values()) < 2e-6, result
+
+
+def test_a_dynamic_model_exports_through_a_fixed_one(tmp_path):
+    """What the README tells a user to do before export: a fixed model at the serving size
+    loads the dynamic one's weights (pos_embed resampled on loading) and gives its answer."""
+    from keras_vit.convert.timm import keras_to_timm_state_dict
+    from keras_vit.export import export_saved_model
+
+    model = _tiny()
+    with pytest.raises(ValueError):  # no height and width to export at, unless told one
+        export_saved_model(model, str(tmp_path / "refused"))
+    fixed = keras_vit.create_model(
+        "vit_tiny_patch16_224", depth=1, image_size=(96, 160), include_preprocessing=False
+    )
+    keras_vit.load_weights(fixed, keras_to_timm_state_dict(model))
+    x = nchw_to_nhwc(structured_images(2, 96, 160))
+    np.testing.assert_allclose(fixed.predict_on_batch(x), model.predict_on_batch(x), atol=1e-5)
