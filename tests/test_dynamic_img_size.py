@@ -69,6 +69,13 @@ CASES = [
     ParityCase("vit_small_patch16_224", dict(depth=2)),
     ParityCase("deit_tiny_distilled_patch16_224", dict(depth=2), heads=True),
     ParityCase("flexivit_small", dict(depth=2)),  # no_embed_class
+    # DeiT III's configuration (layer scale, no class token in pos_embed) on our ViT class,
+    # until its own names land (then: ParityCase("deit3_small_patch16_224", dict(depth=2)))
+    ParityCase(
+        "deit3_small_patch16_224",
+        dict(depth=2, no_embed_class=True, init_values=1e-6),
+        name="vit_small_patch16_224",
+    ),
     # register tokens beside the class token, outside the position embedding
     ParityCase("vit_small_patch16_224", dict(depth=2, reg_tokens=4, no_embed_class=True)),
 ]
