@@ -4,6 +4,7 @@
 `resample_abs_pos_embed`). Every parameter randomised, float32, max |diff| <= 1e-4."""
 
 import dataclasses
+import gc
 import sys
 
 import numpy as np
@@ -134,6 +135,8 @@ def run_patch_parity(case, patch_sizes, tmp_path):
         assert ours.patch_size == patch and ours.grid_size == tuple(other.patch_embed.grid_size)
         out = ours.predict_on_batch(nchw_to_nhwc(images))
         diffs[patch] = assert_parity(out, timm_forward(other, images), atol=case.atol)
+        del other, ours  # a full-size Large is 1.2 GB a copy: one pair alive at a time
+        gc.collect()
     print(f"{case}: max |diff| per patch size {diffs}")
     return diffs
 
