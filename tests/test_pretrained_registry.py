@@ -53,13 +53,14 @@ def _timm_checkpoints(pattern, keep=lambda arch: True):
             "vit_*_dinov2*",
             re.compile(r"vit_(small|base|large|giant)_patch14_(reg4_)?dinov2$").match,
         ),
+        ("flexivit", "flexivit_*", lambda a: True),
     ],
 )
 def test_registry_lists_every_timm_checkpoint_of_the_family(family, pattern, keep):
     expected = _timm_checkpoints(pattern, keep)
     ours = [n for n in list_pretrained(pattern) if get_pretrained_cfg(n).family == family]
     counts = {"vit": 46, "deit": 8, "mobilevit": 3, "mobilevitv2": 13}
-    counts.update({"deit3": 16, "vit_reg": 15, "dinov2": 8})
+    counts.update({"deit3": 16, "vit_reg": 15, "dinov2": 8, "flexivit": 13})
     assert ours == expected and len(ours) == counts[family]
     # every checkpoint's architecture is registered here, once its family has landed
     if keras_vit.list_models(pattern):

@@ -4,7 +4,7 @@ weights/manifest.csv from timm.
 The checkpoint registry is data taken from timm's own pretrained configs (`timm.list_pretrained`,
 `timm.models.get_pretrained_cfg`), for the architectures keras_vit registers: the 18 classic
 `vit_*` variants, `deit_*`, `mobilevit_*`, `mobilevitv2_*`, `deit3_*`, the `vit_*_reg4_gap_*` register
-ViTs and DINOv2 (`vit_*_patch14[_reg4]_dinov2`). Run from the repository root:
+ViTs, DINOv2 (`vit_*_patch14[_reg4]_dinov2`) and `flexivit_*`. Run from the repository root:
 
     .venv/bin/python weights/generate_checkpoints.py
 
@@ -36,6 +36,7 @@ FAMILIES = {
     "deit3": "deit3_*",
     "vit_reg": "vit_*_reg4_gap_*",
     "dinov2": "vit_*_dinov2*",
+    "flexivit": "flexivit_*",
 }
 # timm names more architectures under these patterns than keras_vit registers (RoPE, so150m)
 FILTERS = {

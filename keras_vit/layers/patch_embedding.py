@@ -32,15 +32,20 @@ class PatchEmbedding(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        height, width = input_shape[1], input_shape[2]
-        for axis, size in (("height", height), ("width", width)):
-            if size is not None and size % self.patch_size:
+        self._check_size(input_shape)
+        self.proj.build(input_shape)
+
+    def _check_size(self, shape):
+        for axis, size in (("height", shape[1]), ("width", shape[2])):
+            if isinstance(size, int) and size % self.patch_size:
                 raise ValueError(
                     f"Image {axis} {size} is not a multiple of the patch size {self.patch_size}."
                 )
-        self.proj.build(input_shape)
 
     def call(self, images):
+        # an input of any size (dynamic_img_size) is checked wherever its size is known when
+        # the call is traced; the conv would otherwise drop the remainder silently
+        self._check_size(tuple(images.shape))
         x = self.proj(images)  # (B, H/p, W/p, D)
         if not self.flatten:
             return x
