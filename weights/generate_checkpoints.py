@@ -10,8 +10,9 @@ ViTs, DINOv2 (`vit_*_patch14[_reg4]_dinov2`) and `flexivit_*`. Run from the repo
 
 Nothing is downloaded. Published top-1/top-5 accuracy comes from timm's results table
 (`results/results-imagenet.csv` in the timm repository, which the timm wheel does not ship);
-the rows for our families are copied unchanged in `weights/timm-results-imagenet.csv`. sha256 digests are not pinned by timm
-for these files; they stay null here and keras_vit records each on first download.
+the rows for our families are copied unchanged in `weights/timm-results-imagenet.csv`. sha256 digests are not
+pinned by timm for these files; they stay null here, and every download is verified against
+the sha256 the Hugging Face Hub publishes for the file (keras_vit/pretrained/download.py).
 """
 
 import argparse

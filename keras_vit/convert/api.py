@@ -97,7 +97,8 @@ def _native(model, state_dict):
     size = getattr(model, "image_size", None)
     pos = state_dict.get("pos_embed")
     if pos is not None and hasattr(model, "patch_size"):
-        cells = pos.shape[1] - model.num_prefix_tokens
+        # the prefix tokens inside pos_embed: none with `no_embed_class` (DeiT III, FlexiViT)
+        cells = pos.shape[1] - getattr(model, "pos_embed_prefix_tokens", model.num_prefix_tokens)
         grid = math.isqrt(cells)
         if grid * grid == cells:
             patch = model.patch_size

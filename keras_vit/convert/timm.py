@@ -10,6 +10,8 @@ import re
 import keras
 import numpy as np
 
+from keras_vit._keras_compat import flatten_layers, own_variables
+
 # variable name -> (timm suffix, axis permutation taking the torch layout to Keras's, or None)
 _DENSE = {"kernel": ("weight", (1, 0)), "bias": ("bias", None)}  # (out, in) -> (in, out)
 # (out, in, kh, kw) -> (kh, kw, in, out)
@@ -54,8 +56,8 @@ def module_key(layer_path):
 def _variable_owners(model):
     """id(variable) -> the layer that created it (not a parent that merely contains it)."""
     owners = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        for variable in layer._trainable_variables + layer._non_trainable_variables:
+    for layer in flatten_layers(model, include_self=False):
+        for variable in own_variables(layer):
             owners[id(variable)] = layer
     return owners
 
