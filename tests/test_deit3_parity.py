@@ -36,7 +36,7 @@ CI_FULL_SIZE = [ParityCase("deit3_small_patch16_224")]  # native; depth 1 covers
 def _run(case, tmp_path):
     """run_parity; each name builds the plain VisionTransformer with DeiT III's options."""
 
-    def check(model):
+    def check(_case, model):
         assert type(model) is VisionTransformer
         assert model.no_embed_class and model.init_values == 1e-6
         # pos_embed covers the patch grid only; the class token is put in front after it

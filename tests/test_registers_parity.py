@@ -68,7 +68,7 @@ def _run(case, tmp_path):
     from timm's key `reg_token` of the file run_parity wrote."""
     from safetensors.numpy import load_file
 
-    def check(model):
+    def check(_case, model):
         assert type(model) is VisionTransformer
         ours = keras_to_timm_state_dict(model)
         if model.reg_tokens:
