@@ -90,10 +90,11 @@ def main():
         student.export(saved, verbose=False)
     served = tf.saved_model.load(saved).signatures["serving_default"]
 
-    from keras_vit.data import eval_dataset, load_splits, preprocessing_for
+    from keras_vit.data import eval_dataset, load_splits
+    from keras_vit.training.train import training_preprocessing
 
-    splits = load_splits("digits")
-    images, labels = next(iter(eval_dataset(splits, preprocessing_for(student), args.show)))
+    splits = load_splits("digits")  # held-out digits resized as in training (whole image)
+    images, labels = next(iter(eval_dataset(splits, training_preprocessing(student), args.show)))
     out = served(images=tf.constant(images))
     logits = out["logits"] if "logits" in out else next(iter(out.values()))
     probs = tf.nn.softmax(logits).numpy()
