@@ -144,7 +144,7 @@ def test_list_pretrained_pattern_and_cli_table(capsys):
         list_pretrained(3)
     assert cli_main(["list", "--pretrained"]) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if "." in r.split(" ")[0]]
-    assert len(rows) == len(list_pretrained()) == 109
+    assert len(rows) == len(list_pretrained()) == 122
     for row in rows:  # name, params, size, top-1, top-5, classes, input, licence
         name, params, size, top1, top5, classes, _, licence = row.split()
         cfg = get_pretrained_cfg(name)

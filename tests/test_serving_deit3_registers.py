@@ -1,15 +1,23 @@
 """DeiT III, a register ViT and DINOv2 (with registers) through the SavedModel and
-`keras-vit predict`: both signatures within 1e-4 of the Keras model (DINOv2 also headless,
-`features`), and predict's top-k probabilities the model's own softmax. Small models (depth 1,
+`keras-vit predict`: both signatures within 1e-4 of the Keras model (the bytes one on timm's
+evaluation pixels of the files; DINOv2 also headless, `features`), and predict's top-k
+probabilities the model's own softmax on them. Small models (depth 1,
 2x2 patch grids), every weight random."""
 
 import numpy as np
 import pytest
-from export_fixtures import assert_discriminative, randomize_keras_model, uint8_images
+from export_fixtures import (
+    assert_discriminative,
+    randomize_keras_model,
+    timm_eval_pixels,
+    timm_eval_steps,
+    uint8_images,
+)
 from PIL import Image
 
 import keras_vit
 from keras_vit.cli import main as cli_main
+from keras_vit.data.transform import EvalTransform
 from keras_vit.export import export_saved_model
 
 ATOL = 1e-4
@@ -47,6 +55,14 @@ def _serve(model, path, images, pngs):
     ]
 
 
+def _on_eval_pixels(model, encoded, transform):
+    """The model on timm's evaluation pixels of the encoded files: what `serve_image_bytes`
+    and `keras-vit predict` feed it (the checkpoint's resize and centre crop)."""
+    steps, _ = timm_eval_steps(transform)
+    pixels = np.stack([timm_eval_pixels(data, steps) for data in encoded])
+    return np.asarray(model.predict_on_batch(pixels.astype(np.float32)))
+
+
 def _pngs(images, tmp_path):
     paths = []
     for i, image in enumerate(images):
@@ -61,14 +77,14 @@ def test_saved_model_signatures_match_keras(name, tmp_path):
     size = MODELS[name][0]
     images = uint8_images(3, size, size, seed=4)
     paths = _pngs(images, tmp_path)
+    data = [p.read_bytes() for p in paths]
     ref = np.asarray(model.predict_on_batch(images.astype(np.float32)))
+    ref_bytes = _on_eval_pixels(model, data, EvalTransform.from_model(model))
     assert_discriminative(ref)
-    pixels, encoded = _serve(
-        model, tmp_path / "sm", images.astype(np.float32), [p.read_bytes() for p in paths]
-    )
-    for out in (pixels, encoded):
-        np.testing.assert_allclose(out["logits"], ref, atol=ATOL, rtol=0)
-        np.testing.assert_allclose(out["probabilities"], _softmax(ref), atol=ATOL, rtol=0)
+    pixels, encoded = _serve(model, tmp_path / "sm", images.astype(np.float32), data)
+    for out, expected in ((pixels, ref), (encoded, ref_bytes)):
+        np.testing.assert_allclose(out["logits"], expected, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(out["probabilities"], _softmax(expected), atol=ATOL, rtol=0)
 
 
 def test_headless_dinov2_saved_model_serves_features(tmp_path):
@@ -92,8 +108,9 @@ def test_predict_top_k_is_the_models_softmax(name, tmp_path, capsys):
     size = MODELS[name][0]
     images = uint8_images(2, size, size, seed=6)
     paths = _pngs(images, tmp_path)
-    model.save(tmp_path / "m.keras")
-    probs = _softmax(np.asarray(model.predict_on_batch(images.astype(np.float32))))
+    model.save(tmp_path / "m.keras")  # a .keras file keeps no checkpoint cfg: timm's defaults
+    defaults = EvalTransform.from_cfg(None, (size, size))
+    probs = _softmax(_on_eval_pixels(model, [p.read_bytes() for p in paths], defaults))
     assert cli_main(["predict", *map(str, paths), "--weights", str(tmp_path / "m.keras")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 * 6  # per image: its path and 5 ranked lines
