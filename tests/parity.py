@@ -26,6 +26,7 @@ A new family's parity test is a list of cases and one line per test:
 """
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +56,9 @@ class ParityCase:
     seed:         weight seed (default: len(timm_name)); images use height + width
     batch:        images per comparison (>= 2: the input-dependence check needs two)
     atol:         max |logit diff|
+    timm_builder: a callable building the timm model instead of `timm.create_model(timm_name)`
+                  (a modified architecture timm registers no name for, e.g. a reduced-depth
+                  `ByobNet`); it gets the case's timm arguments
     """
 
     timm_name: str
@@ -67,6 +71,7 @@ class ParityCase:
     seed: int | None = None
     batch: int = 2
     atol: float = ATOL
+    timm_builder: Callable | None = None
 
     def __str__(self):
         extra = ",".join(f"{k}={v}" for k, v in self.kwargs.items())
@@ -87,11 +92,18 @@ def timm_arguments(case, **more):
     return out
 
 
-def build_reference(case):
-    """(randomised timm model in eval mode, its state_dict) for `case`."""
+def create_timm(case, **more):
+    """The case's timm model (default init) in eval mode: its builder's, or timm's by name."""
     import timm
 
-    ref = timm.create_model(case.timm_name, **timm_arguments(case)).eval()
+    if case.timm_builder is not None:
+        return case.timm_builder(**timm_arguments(case, **more)).eval()
+    return timm.create_model(case.timm_name, **timm_arguments(case, **more)).eval()
+
+
+def build_reference(case):
+    """The randomised timm model of `case`, in eval mode."""
+    ref = create_timm(case)
     seed = len(case.timm_name) if case.seed is None else case.seed
     return randomize_timm_model(ref, seed=seed)
 
@@ -102,7 +114,6 @@ def _size_pair(size):
 
 def reference_at(case, ref, size):
     """(timm model, (h, w)) that computes the reference at `size` (None: native)."""
-    import timm
     from timm.models._registry import model_entrypoint
 
     fixed = getattr(getattr(ref, "patch_embed", None), "img_size", None)
@@ -113,7 +124,7 @@ def reference_at(case, ref, size):
         return ref, (h, w)  # any input size: the same model
     # a fixed-size timm model: a new one, loaded through timm's own filter (pos_embed resampled)
     module = sys.modules[model_entrypoint(case.timm_name).__module__]
-    other = timm.create_model(case.timm_name, **timm_arguments(case, img_size=(h, w))).eval()
+    other = create_timm(case, img_size=(h, w))
     other.load_state_dict(module.checkpoint_filter_fn(ref.state_dict(), other))
     return other, (h, w)
 
