@@ -13,22 +13,24 @@ import functools
 import keras
 import numpy as np
 import pytest
-from helpers import (
+from parity import (
+    ParityCase,
     assert_parity,
+    build_reference,
     nchw_to_nhwc,
+    param_count_test,
+    parity_test,
     save_timm_safetensors,
     structured_images,
+    timm,
     timm_forward,
+    torch,
 )
-from parity import ParityCase, build_reference, param_count_test, parity_test
 
 import keras_vit
 from keras_vit.layers import LinearSelfAttention
 from keras_vit.layers.mobilevitv2_blocks import resize_bilinear_align_corners
 from keras_vit.models import MobileViTV2
-
-timm = pytest.importorskip("timm")
-torch = pytest.importorskip("torch")
 
 MULTIPLIERS = {
     "mobilevitv2_050": 0.5,
