@@ -38,6 +38,14 @@ def register_model(name, cls, family, arch, size=None, **defaults):
     _MODELS[name] = ModelSpec(name, family, cls, dict(arch), dict(defaults), size)
 
 
+def register_variants(family, cls, variants, **defaults):
+    """Register a family's variants at once: each `(name, arch)` or `(name, arch, size)` of
+    `variants` as `register_model(name, cls, family, arch, size, **defaults)`, the weight-free
+    `defaults` (num_classes, mean, std) shared by the family."""
+    for name, arch, *size in variants:
+        register_model(name, cls, family, arch, *size, **defaults)
+
+
 def _ensure_registered():
     import keras_vit.models  # noqa: F401  (importing a family registers its variants)
 

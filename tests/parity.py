@@ -23,12 +23,20 @@ A new family's parity test is a list of cases and one line per test:
     CASES = [ParityCase("mobilevitv2_050", image_sizes=(None, 192))]
     test_parity = parity_test(CASES)
     test_param_count_matches_timm = param_count_test(["mobilevitv2_050"])
+
+A parity file imports everything from here: the harness, the helpers of `helpers.py`
+(re-exported) and the reference frameworks `timm` and `torch` (imported here, after
+conftest.py imported torch before TensorFlow; a missing one fails collection, never skips).
 """
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
+import timm
+import torch
 from helpers import (
     ATOL,
     assert_parity,
@@ -36,8 +44,24 @@ from helpers import (
     randomize_timm_model,
     save_timm_safetensors,
     structured_images,
+    structured_pixels,
+    subprocess_env,
     timm_forward,
 )
+
+__all__ = [  # the helpers a parity file takes from here, beside the harness
+    "ATOL",
+    "assert_parity",
+    "nchw_to_nhwc",
+    "randomize_timm_model",
+    "save_timm_safetensors",
+    "structured_images",
+    "structured_pixels",
+    "subprocess_env",
+    "timm",
+    "timm_forward",
+    "torch",
+]
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,9 @@ class ParityCase:
     seed:         weight seed (default: len(timm_name)); images use height + width
     batch:        images per comparison (>= 2: the input-dependence check needs two)
     atol:         max |logit diff|
+    timm_builder: a callable building the timm model instead of `timm.create_model(timm_name)`
+                  (a modified architecture timm registers no name for, e.g. a reduced-depth
+                  `ByobNet`); it gets the case's timm arguments
     """
 
     timm_name: str
@@ -67,6 +94,7 @@ class ParityCase:
     seed: int | None = None
     batch: int = 2
     atol: float = ATOL
+    timm_builder: Callable | None = None
 
     def __str__(self):
         extra = ",".join(f"{k}={v}" for k, v in self.kwargs.items())
@@ -87,11 +115,28 @@ def timm_arguments(case, **more):
     return out
 
 
-def build_reference(case):
-    """(randomised timm model in eval mode, its state_dict) for `case`."""
-    import timm
+def create_timm(case, **more):
+    """The case's timm model (default init) in eval mode: its builder's, or timm's by name."""
+    if case.timm_builder is not None:
+        return case.timm_builder(**timm_arguments(case, **more)).eval()
+    return timm.create_model(case.timm_name, **timm_arguments(case, **more)).eval()
 
-    ref = timm.create_model(case.timm_name, **timm_arguments(case)).eval()
+
+def other_size(name, taller, wider=None):
+    """An image size on the patch grid of registered `name`, `taller` (`wider`) patches from
+    its native grid (at least 2): an int for a square, (h, w) when `wider` is given."""
+    import keras_vit
+
+    arch = keras_vit.registry.get_spec(name).arch
+    p, grid = arch["patch_size"], arch["image_size"] // arch["patch_size"]
+    if wider is None:
+        return p * max(grid + taller, 2)
+    return (p * max(grid + taller, 2), p * max(grid + wider, 2))
+
+
+def build_reference(case):
+    """The randomised timm model of `case`, in eval mode."""
+    ref = create_timm(case)
     seed = len(case.timm_name) if case.seed is None else case.seed
     return randomize_timm_model(ref, seed=seed)
 
@@ -102,7 +147,6 @@ def _size_pair(size):
 
 def reference_at(case, ref, size):
     """(timm model, (h, w)) that computes the reference at `size` (None: native)."""
-    import timm
     from timm.models._registry import model_entrypoint
 
     fixed = getattr(getattr(ref, "patch_embed", None), "img_size", None)
@@ -113,7 +157,7 @@ def reference_at(case, ref, size):
         return ref, (h, w)  # any input size: the same model
     # a fixed-size timm model: a new one, loaded through timm's own filter (pos_embed resampled)
     module = sys.modules[model_entrypoint(case.timm_name).__module__]
-    other = timm.create_model(case.timm_name, **timm_arguments(case, img_size=(h, w))).eval()
+    other = create_timm(case, img_size=(h, w))
     other.load_state_dict(module.checkpoint_filter_fn(ref.state_dict(), other))
     return other, (h, w)
 
@@ -146,7 +190,8 @@ def load_ours(case, path, size):
 def run_parity(case, tmp_path, check_model=None):
     """Compare keras_vit with timm on `case`; returns {(h, w): [diff, (cls diff, dist diff)]}.
 
-    `check_model(case, model)`, if given, is called on each keras_vit model (e.g. its class).
+    `check_model(case, model, path)`, if given, is called on each keras_vit model (e.g. its
+    class), `path` the timm `.safetensors` file it was loaded from.
     """
     ref = build_reference(case)
     path = save_timm_safetensors(ref, tmp_path / f"{case.timm_name}.safetensors")
@@ -156,7 +201,7 @@ def run_parity(case, tmp_path, check_model=None):
         images = structured_images(case.batch, h, w, seed=h + w)
         model = load_ours(case, path, size)
         if check_model is not None:
-            check_model(case, model)
+            check_model(case, model, path)
         x = nchw_to_nhwc(images)
         out = model.predict_on_batch(x)
         diffs[(h, w)] = [assert_parity(out, timm_forward(tm, images), atol=case.atol)]
@@ -172,9 +217,6 @@ def run_parity(case, tmp_path, check_model=None):
 def assert_param_count(timm_name, name=None, **kwargs):
     """keras_vit's trainable weights count timm's parameters, and its non-trainable weights
     (BatchNorm moving statistics) timm's persistent buffers (less `num_batches_tracked`)."""
-    import timm
-    import torch
-
     import keras_vit
 
     with torch.device("meta"):
@@ -193,9 +235,19 @@ def assert_param_count(timm_name, name=None, **kwargs):
     return params
 
 
+def assert_defaults_match_timm_cfg(name):
+    """The registered defaults of `name` (mean, std, classes, native size) are timm's."""
+    import keras_vit
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    spec = keras_vit.registry.get_spec(name)
+    assert spec.defaults["mean"] == cfg.mean and spec.defaults["std"] == cfg.std, name
+    assert spec.defaults["num_classes"] == cfg.num_classes, name
+    assert (3, spec.arch["image_size"], spec.arch["image_size"]) == cfg.input_size, name
+
+
 def parity_test(cases, slow=False, check_model=None):
     """A pytest test running `run_parity` on each case (bind it to a `test_*` name)."""
-    import pytest
 
     @pytest.mark.parametrize("case", list(cases), ids=str)
     def test(case, tmp_path):
@@ -204,12 +256,23 @@ def parity_test(cases, slow=False, check_model=None):
     return pytest.mark.slow(test) if slow else test
 
 
-def param_count_test(names, slow=False):
-    """A pytest test running `assert_param_count` on each timm name (bind it to `test_*`)."""
-    import pytest
+def param_count_test(names, slow=False, depths=None):
+    """A pytest test running `assert_param_count` on each timm name (bind it to `test_*`).
 
-    @pytest.mark.parametrize("name", list(names))
-    def test(name):
-        assert_param_count(name)
+    `depths=(1, 2)`: at those depths instead of the full one. Both counts are affine in the
+    depth (stem + head + depth x block): equal at two depths, they are equal at every depth,
+    the full one included, without building the full model."""
+    if depths is None:
+
+        @pytest.mark.parametrize("name", list(names))
+        def test(name):
+            assert_param_count(name)
+
+    else:
+
+        @pytest.mark.parametrize("depth", list(depths))
+        @pytest.mark.parametrize("name", list(names))
+        def test(name, depth):
+            assert_param_count(name, depth=depth)
 
     return pytest.mark.slow(test) if slow else test

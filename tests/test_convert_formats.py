@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import (
+from parity import (
     assert_parity,
     nchw_to_nhwc,
     randomize_timm_model,
@@ -21,14 +21,13 @@ from helpers import (
     structured_images,
     structured_pixels,
     subprocess_env,
+    timm,
     timm_forward,
+    torch,
 )
 
 import keras_vit
 from keras_vit.convert.big_vision import timm_to_npz
-
-timm = pytest.importorskip("timm")
-torch = pytest.importorskip("torch")
 
 VIT = "vit_tiny_patch16_224"
 SMALL = dict(depth=2, image_size=64)  # keras_vit kwargs; timm takes img_size

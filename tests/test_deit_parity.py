@@ -8,21 +8,25 @@ and the tiny variants at full depth; `make parity` (`-m slow`) runs all full-siz
 import keras
 import numpy as np
 import pytest
-from helpers import (
+from parity import (
+    ParityCase,
+    assert_defaults_match_timm_cfg,
     assert_parity,
+    build_reference,
     nchw_to_nhwc,
+    other_size,
+    param_count_test,
+    parity_test,
     save_timm_safetensors,
     structured_images,
     structured_pixels,
+    timm,
     timm_forward,
+    torch,
 )
-from parity import ParityCase, build_reference, param_count_test, parity_test
 
 import keras_vit
 from keras_vit.models import DistilledVisionTransformer, VisionTransformer
-
-timm = pytest.importorskip("timm")
-torch = pytest.importorskip("torch")
 
 DEIT_NAMES = keras_vit.list_models("deit_*")
 TINY = [n for n in DEIT_NAMES if n.startswith("deit_tiny")]
@@ -30,9 +34,7 @@ TINY = [n for n in DEIT_NAMES if n.startswith("deit_tiny")]
 
 def _resampled_size(name):
     """A larger non-square grid: DeiT's fine-tune-at-higher-resolution path."""
-    spec = keras_vit.registry.get_spec(name).arch
-    p, grid = spec["patch_size"], spec["image_size"] // spec["patch_size"]
-    return (p * (grid + 2), p * max(grid - 2, 2))
+    return other_size(name, 2, -2)
 
 
 def _case(name, sizes, **arch):
@@ -44,7 +46,7 @@ FULL_DEPTH_TINY = [_case(n, (None,)) for n in TINY]
 FULL_SIZE = [_case(n, (None, _resampled_size(n))) for n in DEIT_NAMES]
 
 
-def _class_of_each_name(case, model):
+def _class_of_each_name(case, model, path):
     """Distilled names build the distilled class, the others the plain ViT."""
     assert type(model) is (DistilledVisionTransformer if case.heads else VisionTransformer)
 
@@ -63,11 +65,7 @@ def test_registry_covers_timm_deit():
     assert DEIT_NAMES == expected
     assert set(expected) <= set(timm.list_models("deit_*"))
     for name in DEIT_NAMES:
-        cfg = timm.models.get_pretrained_cfg(name)
-        spec = keras_vit.registry.get_spec(name)
-        assert spec.defaults["mean"] == cfg.mean and spec.defaults["std"] == cfg.std
-        assert spec.defaults["num_classes"] == cfg.num_classes
-        assert (3, spec.arch["image_size"], spec.arch["image_size"]) == cfg.input_size
+        assert_defaults_match_timm_cfg(name)
 
 
 test_parity_every_variant_at_depth_2 = parity_test(DEPTH_2, check_model=_class_of_each_name)

@@ -10,23 +10,25 @@ import sys
 import keras
 import numpy as np
 import pytest
-from helpers import (
+from parity import (
+    ParityCase,
     assert_parity,
+    build_reference,
+    load_ours,
     nchw_to_nhwc,
     randomize_timm_model,
     save_timm_safetensors,
     structured_images,
     subprocess_env,
+    timm,
     timm_forward,
+    timm_heads,
+    torch,
 )
-from parity import ParityCase, build_reference, load_ours, timm_heads
 
 import keras_vit
 from keras_vit.layers import PositionEmbedding, interpolation_matrix, resample_abs_pos_embed
 from keras_vit.layers.position_embedding import _resize_matrix
-
-timm = pytest.importorskip("timm")
-torch = pytest.importorskip("torch")
 
 # non-square, and each shrinks one axis of the 14 x 14 (15 x 15) grid and grows the other
 SIZES = ((128, 320), (288, 176))

@@ -9,26 +9,23 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import (
-    assert_parity,
-    nchw_to_nhwc,
-    save_timm_safetensors,
-    structured_images,
-    timm_forward,
-)
 from parity import (
     ParityCase,
     assert_param_count,
+    assert_parity,
     build_reference,
     load_ours,
+    nchw_to_nhwc,
     run_parity,
+    save_timm_safetensors,
+    structured_images,
+    timm,
     timm_arguments,
+    timm_forward,
+    torch,
 )
 
 from keras_vit.layers import resample_patch_embed
-
-timm = pytest.importorskip("timm")
-torch = pytest.importorskip("torch")
 
 FLEXIVIT = ("flexivit_small", "flexivit_base", "flexivit_large")
 # FlexiViT's own sizes: 240 divides by each (grids 30, 24 and 8 tokens a side)

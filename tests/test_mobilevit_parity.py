@@ -7,22 +7,24 @@ multiple of the 2x2 patch) takes the resize-to-a-multiple path of timm's MobileV
 import keras
 import numpy as np
 import pytest
-from helpers import (
+from parity import (
+    ParityCase,
     assert_parity,
+    build_reference,
     nchw_to_nhwc,
+    param_count_test,
+    parity_test,
     save_timm_safetensors,
     structured_images,
     structured_pixels,
+    timm,
     timm_forward,
+    torch,
 )
-from parity import ParityCase, build_reference, param_count_test, parity_test
 
 import keras_vit
 from keras_vit.layers import fold_patches, unfold_patches
 from keras_vit.models import MobileViT
-
-timm = pytest.importorskip("timm")
-torch = pytest.importorskip("torch")
 
 NAMES = ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s"]
 OTHER_SIZES = {"mobilevit_xxs": [192, 224], "mobilevit_xs": [224], "mobilevit_s": [192]}

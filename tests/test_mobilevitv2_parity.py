@@ -8,26 +8,29 @@ the last stage). `make parity`: every width at full size, at 256 and at another 
 """
 
 import dataclasses
+import functools
 
 import keras
 import numpy as np
 import pytest
-from helpers import (
+from parity import (
+    ParityCase,
     assert_parity,
+    build_reference,
     nchw_to_nhwc,
-    randomize_timm_model,
+    param_count_test,
+    parity_test,
     save_timm_safetensors,
     structured_images,
+    timm,
     timm_forward,
+    torch,
 )
 
 import keras_vit
 from keras_vit.layers import LinearSelfAttention
 from keras_vit.layers.mobilevitv2_blocks import resize_bilinear_align_corners
 from keras_vit.models import MobileViTV2
-
-timm = pytest.importorskip("timm")
-torch = pytest.importorskip("torch")
 
 MULTIPLIERS = {
     "mobilevitv2_050": 0.5,
@@ -39,21 +42,52 @@ MULTIPLIERS = {
     "mobilevitv2_200": 2.0,
 }
 NAMES = list(MULTIPLIERS)
-# CI: (name, image size) at reduced depth
+REDUCED = dict(transformer_depths=(1, 1, 1))
+
+
+def _timm_reduced(name, transformer_depths):
+    """timm's ByobNet for `name` with `transformer_depths[i]` layers in its i-th MobileViT v2
+    block (timm registers no name for it: the cfg is modified)."""
+    from timm.models.byobnet import ByobNet
+    from timm.models.mobilevit import _mobilevitv2_cfg
+
+    depths = iter(transformer_depths)
+
+    def shrink(block):
+        if isinstance(block, tuple):
+            return tuple(shrink(b) for b in block)
+        if block.type != "mobilevit2":
+            return block
+        kwargs = {**block.block_kwargs, "transformer_depth": next(depths)}
+        return dataclasses.replace(block, block_kwargs=kwargs)
+
+    cfg = _mobilevitv2_cfg(MULTIPLIERS[name])
+    blocks = tuple(shrink(b) for b in cfg.blocks)
+    assert next(depths, None) is None, f"{transformer_depths} for a 3-block {name}"
+    return ByobNet(dataclasses.replace(cfg, blocks=blocks))
+
+
+def _reduced(name, size):
+    builder = functools.partial(_timm_reduced, name)
+    return ParityCase(
+        name, REDUCED, image_sizes=(size,), seed=len(name) + size, timm_builder=builder
+    )
+
+
+# CI: every width at reduced depth at a small size
 # (no size below 96 but 72/80: the last stage keeps >= 2x2 patches, so its softmax has work)
 REDUCED_CASES = [
-    ("mobilevitv2_050", 96),
-    ("mobilevitv2_075", 80),
-    ("mobilevitv2_100", 112),
-    ("mobilevitv2_125", 72),
-    ("mobilevitv2_150", 96),
-    ("mobilevitv2_175", 80),
-    ("mobilevitv2_200", 96),
+    _reduced("mobilevitv2_050", 96),
+    _reduced("mobilevitv2_075", 80),
+    _reduced("mobilevitv2_100", 112),
+    _reduced("mobilevitv2_125", 72),
+    _reduced("mobilevitv2_150", 96),
+    _reduced("mobilevitv2_175", 80),
+    _reduced("mobilevitv2_200", 96),
 ]
-REDUCED = dict(transformer_depths=(1, 1, 1))
 # full size: native 256 and another (224: a 7x7 last stage; 384: the in22k-ft 384 checkpoints)
 FULL_CASES = [
-    pytest.param(name, sizes, marks=() if name == "mobilevitv2_050" else pytest.mark.slow)
+    ParityCase(name, image_sizes=sizes, seed=NAMES.index(name))
     for name, sizes in [
         ("mobilevitv2_050", (256, 224)),
         ("mobilevitv2_075", (256, 192)),
@@ -66,69 +100,29 @@ FULL_CASES = [
 ]
 
 
-def _timm_reduced(name):
-    """timm's ByobNet for `name` with one transformer layer per MobileViT v2 block."""
-    from timm.models.byobnet import ByobNet
-    from timm.models.mobilevit import _mobilevitv2_cfg
-
-    def shrink(block):
-        if isinstance(block, tuple):
-            return tuple(shrink(b) for b in block)
-        if block.type != "mobilevit2":
-            return block
-        return dataclasses.replace(
-            block, block_kwargs={**block.block_kwargs, "transformer_depth": 1}
-        )
-
-    cfg = _mobilevitv2_cfg(MULTIPLIERS[name])
-    return ByobNet(dataclasses.replace(cfg, blocks=tuple(shrink(b) for b in cfg.blocks)))
-
-
-def _parity(ref, path, name, size, **kwargs):
-    images = structured_images(2, size, size, seed=size)
-    model = keras_vit.create_model(
-        name, weights=path, image_size=size, include_preprocessing=False, **kwargs
-    )
-    ours = model.predict_on_batch(nchw_to_nhwc(images))
-    diff = assert_parity(ours, timm_forward(ref, images))
-    print(f"{name} at {size} {kwargs or ''}: max |logit diff| {diff:.3g}")
-    return diff
-
-
 def test_registry_has_every_timm_mobilevitv2():
     assert keras_vit.list_models("mobilevitv2_*") == sorted(timm.list_models("mobilevitv2_*"))
     assert keras_vit.list_models("mobilevitv2_*") == NAMES
     assert keras_vit.registry.get_spec("mobilevitv2_100").family == "mobilevitv2"
 
 
-@pytest.mark.parametrize("name,size", REDUCED_CASES)
-def test_parity_reduced_depth(name, size, tmp_path):
-    ref = randomize_timm_model(_timm_reduced(name).eval(), seed=len(name) + size)
-    path = save_timm_safetensors(ref, tmp_path / f"{name}.safetensors")
-    _parity(ref, path, name, size, **REDUCED)
+def test_reduced_reference_has_the_reduced_depths():
+    ref = _timm_reduced("mobilevitv2_050", (1, 2, 1))
+    layers = [len(ref.stages[i][1].transformer) for i in (2, 3, 4)]
+    assert layers == [1, 2, 1]
 
 
-@pytest.mark.parametrize("name,sizes", FULL_CASES)
-def test_parity_full_size(name, sizes, tmp_path):
-    ref = randomize_timm_model(timm.create_model(name).eval(), seed=NAMES.index(name))
-    path = save_timm_safetensors(ref, tmp_path / f"{name}.safetensors")
-    for size in sizes:
-        _parity(ref, path, name, size)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_param_count_matches_timm(name):
-    with torch.device("meta"):
-        expected = sum(p.numel() for p in timm.create_model(name).parameters())
-    model = keras_vit.create_model(name)
-    # count_params() also counts BatchNorm moving statistics, which timm keeps as buffers
-    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == expected
+test_parity_reduced_depth = parity_test(REDUCED_CASES)
+test_parity_full_size = parity_test(FULL_CASES[:1])
+test_parity_full_size_slow = parity_test(FULL_CASES[1:], slow=True)
+# trainable weights = timm's parameters; BatchNorm moving statistics = timm's buffers
+test_param_count_matches_timm = param_count_test(NAMES)
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A randomised full-size timm mobilevitv2_050 and its safetensors file."""
-    ref = randomize_timm_model(timm.create_model("mobilevitv2_050").eval(), seed=21)
+    ref = build_reference(ParityCase("mobilevitv2_050", seed=21))
     path = tmp_path_factory.mktemp("mobilevitv2") / "mobilevitv2_050.safetensors"
     return ref, save_timm_safetensors(ref, path)
 
@@ -202,6 +196,7 @@ def test_preprocessing_pooled_features_and_pretrained_cfg(small):
 
 @pytest.mark.parametrize("patches", [10, 1])  # 1: a 64 px image's last stage
 def test_linear_attention_matches_timm(patches):
+    from helpers import randomize_timm_model
     from timm.models.mobilevit import LinearSelfAttention as TimmAttention
 
     ref = randomize_timm_model(TimmAttention(16).eval(), seed=3)

@@ -5,22 +5,20 @@ native and a resampled size, `.keras` round trips."""
 import keras
 import numpy as np
 import pytest
-from helpers import (
+from parity import (
     assert_parity,
     nchw_to_nhwc,
     randomize_timm_model,
     save_timm_safetensors,
     structured_images,
     timm_forward,
+    torch,
 )
+from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
+from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
 
 import keras_vit
 from keras_vit.models import VisionTransformer
-
-timm = pytest.importorskip("timm")
-torch = pytest.importorskip("torch")
-from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
-from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
 
 SMALL = dict(patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 

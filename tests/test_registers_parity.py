@@ -12,16 +12,22 @@ import inspect
 
 import numpy as np
 import pytest
-from helpers import assert_parity, randomize_timm_model
-from parity import ParityCase, assert_param_count, run_parity
+from parity import (
+    ParityCase,
+    assert_defaults_match_timm_cfg,
+    assert_parity,
+    other_size,
+    param_count_test,
+    parity_test,
+    randomize_timm_model,
+    timm,
+    torch,
+)
 
 import keras_vit
 from keras_vit.convert.timm import keras_to_timm_state_dict
 from keras_vit.layers import SwiGLUPacked
 from keras_vit.models import VisionTransformer, vit_registers
-
-timm = pytest.importorskip("timm")
-torch = pytest.importorskip("torch")
 
 REG4_GAP = [
     "vit_base_patch16_reg4_gap_256",
@@ -43,11 +49,7 @@ NAMES = sorted(REG4_GAP + DINOV2)
 def _resampled_size(name):
     """DINOv2: 224x168, the usual 224 input and a non-square grid (16x12) below 518's 37x37;
     the others: a non-square grid two patches taller and two narrower than the native one."""
-    arch = keras_vit.registry.get_spec(name).arch
-    if name in DINOV2:
-        return (224, 168)
-    p, grid = arch["patch_size"], arch["image_size"] // arch["patch_size"]
-    return (p * (grid + 2), p * (grid - 2))
+    return (224, 168) if name in DINOV2 else other_size(name, 2, -2)
 
 
 def _case(name, sizes=None, **arch):
@@ -63,23 +65,19 @@ CI_FULL_SIZE = [
 ]
 
 
-def _run(case, tmp_path):
-    """run_parity; each name builds the plain VisionTransformer, its register tokens loaded
-    from timm's key `reg_token` of the file run_parity wrote."""
+def _check(case, model, path):
+    """Each name builds the plain VisionTransformer, its register tokens loaded from timm's
+    key `reg_token` of the file run_parity wrote."""
     from safetensors.numpy import load_file
 
-    def check(_case, model):
-        assert type(model) is VisionTransformer
-        ours = keras_to_timm_state_dict(model)
-        if model.reg_tokens:
-            timm_file = load_file(tmp_path / f"{case.timm_name}.safetensors")
-            assert ours["reg_token"].shape == (1, 4, model.embed_dim)
-            np.testing.assert_array_equal(ours["reg_token"], timm_file["reg_token"])
-        grid = model.grid_size[0] * model.grid_size[1]
-        prefix_in_pos = 0 if model.no_embed_class else model.num_prefix_tokens
-        assert ours["pos_embed"].shape == (1, prefix_in_pos + grid, model.embed_dim)
-
-    return run_parity(case, tmp_path, check_model=check)
+    assert type(model) is VisionTransformer
+    ours = keras_to_timm_state_dict(model)
+    if model.reg_tokens:
+        assert ours["reg_token"].shape == (1, 4, model.embed_dim)
+        np.testing.assert_array_equal(ours["reg_token"], load_file(path)["reg_token"])
+    grid = model.grid_size[0] * model.grid_size[1]
+    prefix_in_pos = 0 if model.no_embed_class else model.num_prefix_tokens
+    assert ours["pos_embed"].shape == (1, prefix_in_pos + grid, model.embed_dim)
 
 
 def test_registry_covers_timm_register_vits_and_dinov2():
@@ -89,10 +87,7 @@ def test_registry_covers_timm_register_vits_and_dinov2():
     for name in NAMES:
         spec = keras_vit.registry.get_spec(name)
         assert spec.family == ("dinov2" if "dinov2" in name else "vit_reg")
-        cfg = timm.models.get_pretrained_cfg(name)
-        assert spec.defaults["mean"] == cfg.mean and spec.defaults["std"] == cfg.std
-        assert spec.defaults["num_classes"] == cfg.num_classes
-        assert (3, spec.arch["image_size"], spec.arch["image_size"]) == cfg.input_size
+        assert_defaults_match_timm_cfg(name)
 
 
 def test_a_register_vit_is_a_registration_not_a_class():
@@ -117,46 +112,14 @@ def test_a_register_vit_is_a_registration_not_a_class():
     assert model.num_prefix_tokens == 4 and model.get_layer("fc_norm") is not None
 
 
-@pytest.mark.parametrize("case", DEPTH_1, ids=str)
-def test_parity_every_variant_at_depth_1(case, tmp_path):
-    _run(case, tmp_path)
-
-
-@pytest.mark.parametrize("case", CI_FULL_SIZE, ids=str)
-def test_parity_full_size_small(case, tmp_path):
-    _run(case, tmp_path)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", FULL_SIZE, ids=str)
-def test_parity_full_size(case, tmp_path):
-    _run(case, tmp_path)
-
-
-@pytest.mark.parametrize("depth", [1, 2])
-@pytest.mark.parametrize("name", NAMES)
-def test_param_count_matches_timm_at_depth_1_and_2(name, depth):
-    """Both counts are affine in the depth (stem + head + depth x block): equal at two depths,
-    they are equal at every depth, the full one included, without building the full model."""
-    assert_param_count(name, depth=depth)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "vit_little_patch16_reg4_gap_256",
-        "vit_small_patch14_dinov2",
-        "vit_small_patch14_reg4_dinov2",
-    ],
+test_parity_every_variant_at_depth_1 = parity_test(DEPTH_1, check_model=_check)
+test_parity_full_size_small = parity_test(CI_FULL_SIZE, check_model=_check)
+test_parity_full_size = parity_test(FULL_SIZE, slow=True, check_model=_check)
+test_param_count_matches_timm_at_depth_1_and_2 = param_count_test(NAMES, depths=(1, 2))
+test_param_count_matches_timm_ci = param_count_test(
+    ["vit_little_patch16_reg4_gap_256", "vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"]
 )
-def test_param_count_matches_timm_ci(name):
-    assert_param_count(name)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
-def test_param_count_matches_timm(name):
-    assert_param_count(name)
+test_param_count_matches_timm = param_count_test(NAMES, slow=True)
 
 
 def test_dinov2_resampling_keeps_class_and_registers_out():

@@ -8,21 +8,23 @@ import re
 
 import numpy as np
 import pytest
-from helpers import (
+from parity import (
+    ParityCase,
     assert_parity,
     nchw_to_nhwc,
+    other_size,
+    param_count_test,
+    parity_test,
     randomize_timm_model,
     save_timm_safetensors,
     structured_images,
     structured_pixels,
+    timm,
     timm_forward,
+    torch,
 )
-from parity import ParityCase, param_count_test, parity_test
 
 import keras_vit
-
-timm = pytest.importorskip("timm")
-torch = pytest.importorskip("torch")
 
 # the classic ViT family (register ViTs and DINOv2 share the prefix: tests/test_registers_parity.py)
 VIT_NAMES = [
@@ -33,9 +35,7 @@ SMALL = [n for n in VIT_NAMES if re.match(r"vit_(tiny|small)_", n)]
 
 def _other_sizes(name):
     """Two other resolutions on the patch grid: one smaller square, one larger non-square."""
-    spec = keras_vit.registry.get_spec(name).arch
-    p, grid = spec["patch_size"], spec["image_size"] // spec["patch_size"]
-    return (p * max(grid - 3, 2), (p * (grid + 2), p * max(grid - 2, 2)))
+    return (other_size(name, -3), other_size(name, 2, -2))
 
 
 DEPTH_2 = [ParityCase(n, dict(depth=2), image_sizes=(None, *_other_sizes(n))) for n in VIT_NAMES]

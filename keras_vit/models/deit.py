@@ -14,8 +14,13 @@ the patch grid only (`no_embed_class=True`), added before the class token is put
 
 import keras
 
-from keras_vit.models.vit import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, VisionTransformer
-from keras_vit.registry import register_model
+from keras_vit.models.vit import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    VIT_SIZES,
+    VisionTransformer,
+)
+from keras_vit.registry import register_variants
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -36,34 +41,24 @@ class DistilledVisionTransformer(VisionTransformer):
         super().__init__(*args, distilled=distilled, mean=mean, std=std, **kwargs)
 
 
-_SIZES = {  # DeiT paper, Table 1 (Ti / S / B)
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=768, depth=12, num_heads=12),
-}
+# DeiT paper, Table 1 (Ti / S / B): `VIT_SIZES`
 _VARIANTS = [("tiny", 224), ("small", 224), ("base", 224), ("base", 384)]
-for _distilled, _cls in ((False, VisionTransformer), (True, DistilledVisionTransformer)):
-    for _size, _res in _VARIANTS:
-        register_model(
-            f"deit_{_size}{'_distilled' if _distilled else ''}_patch16_{_res}",
-            _cls,
-            family="deit",
-            arch=dict(_SIZES[_size], patch_size=16, image_size=_res),
-            size=_size,
-            num_classes=1000,
-            mean=IMAGENET_DEFAULT_MEAN,
-            std=IMAGENET_DEFAULT_STD,
-        )
+for _infix, _cls in (("", VisionTransformer), ("_distilled", DistilledVisionTransformer)):
+    register_variants(
+        "deit",
+        _cls,
+        [
+            (f"deit_{s}{_infix}_patch16_{r}", dict(VIT_SIZES[s], patch_size=16, image_size=r), s)
+            for s, r in _VARIANTS
+        ],
+        num_classes=1000,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+    )
 
 
-# DeiT III, Table 1 of the paper (S / M / B / L / H); timm's `deit3_*` entry points.
-_DEIT3_SIZES = {
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "medium": dict(embed_dim=512, depth=12, num_heads=8),
-    "base": dict(embed_dim=768, depth=12, num_heads=12),
-    "large": dict(embed_dim=1024, depth=24, num_heads=16),
-    "huge": dict(embed_dim=1280, depth=32, num_heads=16),
-}
+# DeiT III, Table 1 of the paper (S / M / B / L / H: `VIT_SIZES`); timm's `deit3_*` entry
+# points.
 _DEIT3_VARIANTS = [
     ("small", 16, 224),
     ("small", 16, 384),
@@ -74,19 +69,17 @@ _DEIT3_VARIANTS = [
     ("large", 16, 384),
     ("huge", 14, 224),
 ]
-for _size, _patch, _res in _DEIT3_VARIANTS:
-    register_model(
-        f"deit3_{_size}_patch{_patch}_{_res}",
-        VisionTransformer,
-        family="deit3",
-        arch=dict(
-            _DEIT3_SIZES[_size],
-            patch_size=_patch,
-            image_size=_res,
-            no_embed_class=True,
-            init_values=1e-6,
-        ),
-        num_classes=1000,
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-    )
+register_variants(
+    "deit3",
+    VisionTransformer,
+    [
+        (
+            f"deit3_{s}_patch{p}_{r}",
+            dict(VIT_SIZES[s], patch_size=p, image_size=r, no_embed_class=True, init_values=1e-6),
+        )
+        for s, p, r in _DEIT3_VARIANTS
+    ],
+    num_classes=1000,
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+)

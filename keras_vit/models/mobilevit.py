@@ -28,7 +28,7 @@ from keras_vit.layers.mobilevit_blocks import (
     MobileViTBlock,
 )
 from keras_vit.models.base import KerasViTModel, Views
-from keras_vit.registry import register_model
+from keras_vit.registry import register_variants
 
 # The cvnets checkpoints take RGB in [0, 1]: no mean/std normalisation.
 MOBILEVIT_MEAN = (0.0, 0.0, 0.0)
@@ -47,7 +47,19 @@ def _int_tuple(name, values, length=None):
 class MobileViTBase(KerasViTModel):
     """What MobileViT v1 and v2 share beyond their blocks: timm's `ByobNet` stage layout,
     its `features_only` maps and checkpoint keys. Subclasses set `strides`, `features_only`
-    and `_views` (with `features`)."""
+    and `_views` (with `features`), and list their constructor arguments in `CONFIG_KEYS`."""
+
+    CONFIG_KEYS = ()  # the constructor arguments in `get_config` order (less name, dtype)
+
+    def _keep_config(self, args):
+        """Keep the constructor arguments named in `CONFIG_KEYS`, taken from the constructor's
+        `locals()` after their checks, as attributes (what `constructor_config` returns)."""
+        for key in self.CONFIG_KEYS:
+            setattr(self, key, tuple(args[key]) if key in ("mean", "std") else args[key])
+
+    def constructor_config(self):
+        config = {key: getattr(self, key) for key in self.CONFIG_KEYS}
+        return {**config, "name": self.name, "dtype": self.dtype_policy.name}
 
     @property
     def feature_strides(self):
@@ -120,6 +132,23 @@ def check_stage_args(channels, depths, strides, transformer_dims, transformer_de
     return channels, depths, strides, transformer_dims, transformer_depths
 
 
+def mobilevit_stem(image_size, in_channels, include_preprocessing, mean, std, stem_channels, dtype):
+    """The input and stem of v1 and v2: (images `(B, H, W, in)`, `(B, H/2, W/2, stem)`)."""
+    images = keras.Input((image_size[0], image_size[1], in_channels), name="images")
+    x = images
+    if include_preprocessing:
+        x = ImageNormalization(mean, std, name="preprocessing", dtype=dtype)(x)
+    return images, ConvNormAct(stem_channels, 3, 2, name="stem", dtype=dtype)(x)
+
+
+def mobilevit_outputs(x, features, features_only, num_classes, drop_rate, dtype):
+    """The model's outputs: the feature maps with `features_only`, else the classifier head
+    on the last map (logits `(B, num_classes)`, pooled features with `num_classes=0`)."""
+    if features_only:
+        return features
+    return ClassifierHead(num_classes, drop_rate, name="head", dtype=dtype)(x)
+
+
 def check_head_args(global_pool, num_classes, drop_rate, attn_drop_rate, drop_path_rate):
     if global_pool != "avg":
         raise ValueError(f"`global_pool` must be 'avg' for MobileViT, got {global_pool!r}.")
@@ -188,6 +217,13 @@ class MobileViT(MobileViTBase):
         se_ratio: Squeeze-and-Excitation in every inverted residual (None: off, as MobileViT).
     """
 
+    CONFIG_KEYS = (
+        "image_size", "stem_channels", "channels", "depths", "strides", "transformer_dims",
+        "transformer_depths", "expansion", "num_features", "patch_size", "num_heads",
+        "mlp_ratio", "se_ratio", "num_classes", "global_pool", "features_only", "drop_rate",
+        "attn_drop_rate", "drop_path_rate", "include_preprocessing", "mean", "std", "in_channels",
+    )  # fmt: skip
+
     def __init__(
         self,
         image_size=256,
@@ -225,11 +261,9 @@ class MobileViT(MobileViTBase):
         non_negative_int("num_features", num_features)
 
         # === graph ===
-        images = keras.Input((image_size[0], image_size[1], in_channels), name="images")
-        x = images
-        if include_preprocessing:
-            x = ImageNormalization(mean, std, name="preprocessing", dtype=dtype)(x)
-        x = ConvNormAct(stem_channels, 3, 2, name="stem", dtype=dtype)(x)  # (B, H/2, W/2, 16)
+        images, x = mobilevit_stem(
+            image_size, in_channels, include_preprocessing, mean, std, stem_channels, dtype
+        )  # x: (B, H/2, W/2, 16)
         mobilevit_blocks = [
             functools.partial(
                 MobileViTBlock,
@@ -257,66 +291,10 @@ class MobileViT(MobileViTBase):
             x = ConvNormAct(num_features, 1, name="final_conv", dtype=dtype)(x)
         # timm's feature_info: every stage output before a stride, then final_conv
         features = stage_outputs[:-1] + [x]
-        if features_only:
-            outputs = features
-        else:
-            outputs = ClassifierHead(num_classes, drop_rate, name="head", dtype=dtype)(x)
+        outputs = mobilevit_outputs(x, features, features_only, num_classes, drop_rate, dtype)
         super().__init__(inputs=images, outputs=outputs, name=name, dtype=dtype, **kwargs)
-
-        # === config (constructor arguments only) ===
-        self.image_size = image_size
-        self.stem_channels = stem_channels
-        self.channels = channels
-        self.depths = depths
-        self.strides = strides
-        self.transformer_dims = transformer_dims
-        self.transformer_depths = transformer_depths
-        self.expansion = expansion
-        self.num_features = num_features
-        self.patch_size = patch_size
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.se_ratio = se_ratio
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.features_only = features_only
-        self.drop_rate = drop_rate
-        self.attn_drop_rate = attn_drop_rate
-        self.drop_path_rate = drop_path_rate
-        self.include_preprocessing = include_preprocessing
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-        self.in_channels = in_channels
+        self._keep_config(locals())
         self._views = Views(features=features)
-
-    def constructor_config(self):
-        return {
-            "image_size": self.image_size,
-            "stem_channels": self.stem_channels,
-            "channels": self.channels,
-            "depths": self.depths,
-            "strides": self.strides,
-            "transformer_dims": self.transformer_dims,
-            "transformer_depths": self.transformer_depths,
-            "expansion": self.expansion,
-            "num_features": self.num_features,
-            "patch_size": self.patch_size,
-            "num_heads": self.num_heads,
-            "mlp_ratio": self.mlp_ratio,
-            "se_ratio": self.se_ratio,
-            "num_classes": self.num_classes,
-            "global_pool": self.global_pool,
-            "features_only": self.features_only,
-            "drop_rate": self.drop_rate,
-            "attn_drop_rate": self.attn_drop_rate,
-            "drop_path_rate": self.drop_path_rate,
-            "include_preprocessing": self.include_preprocessing,
-            "mean": self.mean,
-            "std": self.std,
-            "in_channels": self.in_channels,
-            "name": self.name,
-            "dtype": self.dtype_policy.name,
-        }
 
 
 # The paper's Table 4 / timm's `model_cfgs`: stage channels, transformer widths
@@ -335,13 +313,14 @@ _VARIANTS = {
         num_features=640,
     ),
 }  # fmt: skip
-for _name, _arch in _VARIANTS.items():
-    register_model(
-        _name,
-        MobileViT,
-        family="mobilevit",
-        arch=dict(_arch, image_size=256, stem_channels=16, depths=(1, 3, 1, 1, 1)),
-        num_classes=1000,
-        mean=MOBILEVIT_MEAN,
-        std=MOBILEVIT_STD,
-    )
+register_variants(
+    "mobilevit",
+    MobileViT,
+    [
+        (name, dict(arch, image_size=256, stem_channels=16, depths=(1, 3, 1, 1, 1)))
+        for name, arch in _VARIANTS.items()
+    ],
+    num_classes=1000,
+    mean=MOBILEVIT_MEAN,
+    std=MOBILEVIT_STD,
+)

@@ -20,7 +20,6 @@ import functools
 
 import keras
 
-from keras_vit.layers import ClassifierHead, ConvNormAct, ImageNormalization
 from keras_vit.layers._validation import pair
 from keras_vit.layers.mobilevitv2_blocks import MobileViTV2Block
 from keras_vit.layers.squeeze_excite import make_divisible
@@ -31,9 +30,11 @@ from keras_vit.models.mobilevit import (
     MobileViTBase,
     check_head_args,
     check_stage_args,
+    mobilevit_outputs,
     mobilevit_stages,
+    mobilevit_stem,
 )
-from keras_vit.registry import register_model
+from keras_vit.registry import register_variants
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -55,6 +56,13 @@ class MobileViTV2(MobileViTBase):
         expansion: inverted-residual expansion ratio.
         mlp_ratio: hidden width of the transformer MLPs, relative to their width.
     """
+
+    CONFIG_KEYS = (
+        "image_size", "stem_channels", "channels", "depths", "strides", "transformer_dims",
+        "transformer_depths", "expansion", "patch_size", "mlp_ratio", "num_classes",
+        "global_pool", "features_only", "drop_rate", "attn_drop_rate", "drop_path_rate",
+        "include_preprocessing", "mean", "std", "in_channels",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -89,11 +97,9 @@ class MobileViTV2(MobileViTBase):
         check_head_args(global_pool, num_classes, drop_rate, attn_drop_rate, drop_path_rate)
 
         # === graph ===
-        images = keras.Input((image_size[0], image_size[1], in_channels), name="images")
-        x = images
-        if include_preprocessing:
-            x = ImageNormalization(mean, std, name="preprocessing", dtype=dtype)(x)
-        x = ConvNormAct(stem_channels, 3, 2, name="stem", dtype=dtype)(x)  # (B, H/2, W/2, C)
+        images, x = mobilevit_stem(
+            image_size, in_channels, include_preprocessing, mean, std, stem_channels, dtype
+        )  # x: (B, H/2, W/2, C)
         v2_blocks = [
             functools.partial(
                 MobileViTV2Block,
@@ -110,60 +116,10 @@ class MobileViTV2(MobileViTBase):
         )
         # timm's feature_info: every stage output (its `final_conv` is an identity)
         features = stage_outputs
-        if features_only:
-            outputs = features
-        else:
-            outputs = ClassifierHead(num_classes, drop_rate, name="head", dtype=dtype)(x)
+        outputs = mobilevit_outputs(x, features, features_only, num_classes, drop_rate, dtype)
         super().__init__(inputs=images, outputs=outputs, name=name, dtype=dtype, **kwargs)
-
-        # === config (constructor arguments only) ===
-        self.image_size = image_size
-        self.stem_channels = stem_channels
-        self.channels = channels
-        self.depths = depths
-        self.strides = strides
-        self.transformer_dims = transformer_dims
-        self.transformer_depths = transformer_depths
-        self.expansion = expansion
-        self.patch_size = patch_size
-        self.mlp_ratio = mlp_ratio
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.features_only = features_only
-        self.drop_rate = drop_rate
-        self.attn_drop_rate = attn_drop_rate
-        self.drop_path_rate = drop_path_rate
-        self.include_preprocessing = include_preprocessing
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-        self.in_channels = in_channels
+        self._keep_config(locals())
         self._views = Views(features=features)
-
-    def constructor_config(self):
-        return {
-            "image_size": self.image_size,
-            "stem_channels": self.stem_channels,
-            "channels": self.channels,
-            "depths": self.depths,
-            "strides": self.strides,
-            "transformer_dims": self.transformer_dims,
-            "transformer_depths": self.transformer_depths,
-            "expansion": self.expansion,
-            "patch_size": self.patch_size,
-            "mlp_ratio": self.mlp_ratio,
-            "num_classes": self.num_classes,
-            "global_pool": self.global_pool,
-            "features_only": self.features_only,
-            "drop_rate": self.drop_rate,
-            "attn_drop_rate": self.attn_drop_rate,
-            "drop_path_rate": self.drop_path_rate,
-            "include_preprocessing": self.include_preprocessing,
-            "mean": self.mean,
-            "std": self.std,
-            "in_channels": self.in_channels,
-            "name": self.name,
-            "dtype": self.dtype_policy.name,
-        }
 
 
 def mobilevitv2_arch(multiplier):
@@ -189,13 +145,14 @@ _MULTIPLIERS = {
     "200": 2.0,
 }
 
-for _suffix, _multiplier in _MULTIPLIERS.items():
-    register_model(
-        f"mobilevitv2_{_suffix}",
-        MobileViTV2,
-        family="mobilevitv2",
-        arch=dict(mobilevitv2_arch(_multiplier), image_size=256),
-        num_classes=1000,
-        mean=MOBILEVIT_MEAN,
-        std=MOBILEVIT_STD,
-    )
+register_variants(
+    "mobilevitv2",
+    MobileViTV2,
+    [
+        (f"mobilevitv2_{s}", dict(mobilevitv2_arch(m), image_size=256))
+        for s, m in _MULTIPLIERS.items()
+    ],
+    num_classes=1000,
+    mean=MOBILEVIT_MEAN,
+    std=MOBILEVIT_STD,
+)

@@ -19,7 +19,7 @@ from keras_vit.layers import (
 )
 from keras_vit.layers._validation import non_negative_int, pair, rate
 from keras_vit.models.base import KerasViTModel, Views
-from keras_vit.registry import register_model
+from keras_vit.registry import register_variants
 
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
@@ -445,10 +445,12 @@ def _distilled_head(tokens, num_classes, drop_rate, dtype):
     return outputs, {"cls_logits": x_cls, "dist_logits": x_dist}
 
 
-# Sizes from the ViT paper (Table 1) and DeiT (Ti, S); timm registers these exact variants.
-_SIZES = {
+# Width / depth / heads by size word: the ViT paper (Table 1: B, L, H), DeiT (Ti, S) and
+# DeiT III (M); every ViT-shaped family here (ViT, FlexiViT, DeiT, DeiT III, DINOv2) uses them.
+VIT_SIZES = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
     "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "medium": dict(embed_dim=512, depth=12, num_heads=8),
     "base": dict(embed_dim=768, depth=12, num_heads=12),
     "large": dict(embed_dim=1024, depth=24, num_heads=16),
     "huge": dict(embed_dim=1280, depth=32, num_heads=16),
@@ -473,32 +475,32 @@ _VARIANTS = [
     ("large", 14, 224),
     ("huge", 14, 224),
 ]
-for _size, _patch, _res in _VARIANTS:
-    _name = f"vit_{_size}_patch{_patch}_{_res}"
-    register_model(
-        _name,
-        VisionTransformer,
-        family="vit",
-        arch=dict(_SIZES[_size], patch_size=_patch, image_size=_res),
-        size=_size,
-        # weight-free defaults; a variant's default checkpoint tag (keras_vit/pretrained/
-        # checkpoints.json) overrides them, e.g. the headless .dino / .orig_in21k variants
-        num_classes=1000,
-        mean=IMAGENET_INCEPTION_MEAN,
-        std=IMAGENET_INCEPTION_STD,
-    )
+register_variants(
+    "vit",
+    VisionTransformer,
+    [
+        (f"vit_{s}_patch{p}_{r}", dict(VIT_SIZES[s], patch_size=p, image_size=r), s)
+        for s, p, r in _VARIANTS
+    ],
+    # weight-free defaults; a variant's default checkpoint tag (keras_vit/pretrained/
+    # checkpoints.json) overrides them, e.g. the headless .dino / .orig_in21k variants
+    num_classes=1000,
+    mean=IMAGENET_INCEPTION_MEAN,
+    std=IMAGENET_INCEPTION_STD,
+)
 
 # FlexiViT (Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023): a ViT trained
 # with randomised patch sizes, position embedding without the class token, 240 px at patch 16
 # (a 15 x 15 grid). Any other patch size dividing the image comes from the same checkpoint:
 # `create_model("flexivit_base", weights=..., patch_size=8)` resamples the patch kernel.
-for _size in ("small", "base", "large"):
-    register_model(
-        f"flexivit_{_size}",
-        VisionTransformer,
-        family="flexivit",
-        arch=dict(_SIZES[_size], patch_size=16, image_size=240, no_embed_class=True),
-        num_classes=1000,
-        mean=IMAGENET_INCEPTION_MEAN,
-        std=IMAGENET_INCEPTION_STD,
-    )
+register_variants(
+    "flexivit",
+    VisionTransformer,
+    [
+        (f"flexivit_{s}", dict(VIT_SIZES[s], patch_size=16, image_size=240, no_embed_class=True))
+        for s in ("small", "base", "large")
+    ],
+    num_classes=1000,
+    mean=IMAGENET_INCEPTION_MEAN,
+    std=IMAGENET_INCEPTION_STD,
+)

@@ -25,9 +25,10 @@ from keras_vit.models.vit import (
     IMAGENET_DEFAULT_STD,
     IMAGENET_INCEPTION_MEAN,
     IMAGENET_INCEPTION_STD,
+    VIT_SIZES,
     VisionTransformer,
 )
-from keras_vit.registry import register_model
+from keras_vit.registry import register_variants
 
 # timm's vit_*_reg4_gap_* entry points (vision_transformer.py): width / depth / heads.
 _REG4_GAP_SIZES = {
@@ -46,50 +47,46 @@ _REG4_GAP_VARIANTS = [
     ("betwixt", 384),
     ("base", 256),
 ]
-for _size, _res in _REG4_GAP_VARIANTS:
-    register_model(
-        f"vit_{_size}_patch16_reg4_gap_{_res}",
-        VisionTransformer,
-        family="vit_reg",
-        arch=dict(
-            _REG4_GAP_SIZES[_size],
-            patch_size=16,
-            image_size=_res,
-            class_token=False,
-            reg_tokens=4,
-            no_embed_class=True,
-            global_pool="avg",
-        ),
-        num_classes=1000,
-        mean=IMAGENET_INCEPTION_MEAN,
-        std=IMAGENET_INCEPTION_STD,
-    )
+# no class token, 4 registers outside the position embedding, average pooling with fc_norm
+_REG4_GAP = dict(class_token=False, reg_tokens=4, no_embed_class=True, global_pool="avg")
+register_variants(
+    "vit_reg",
+    VisionTransformer,
+    [
+        (
+            f"vit_{s}_patch16_reg4_gap_{r}",
+            dict(_REG4_GAP_SIZES[s], patch_size=16, image_size=r, **_REG4_GAP),
+        )
+        for s, r in _REG4_GAP_VARIANTS
+    ],
+    num_classes=1000,
+    mean=IMAGENET_INCEPTION_MEAN,
+    std=IMAGENET_INCEPTION_STD,
+)
 
 # DINOv2 paper, Table 17 (ViT-S/B/L/g with patch 14); timm's vit_*_patch14_dinov2.
 _DINOV2_SIZES = {
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=768, depth=12, num_heads=12),
-    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "small": VIT_SIZES["small"],
+    "base": VIT_SIZES["base"],
+    "large": VIT_SIZES["large"],
     # SwiGLU hidden (int(1536 * 2 * 2/3) + 7) // 8 * 8 = 4096 per half: fc1 packs both, 8192
     "giant": dict(
         embed_dim=1536, depth=40, num_heads=24, mlp_ratio=2.66667 * 2, mlp_layer="swiglu_packed"
     ),
 }
-for _size, _arch in _DINOV2_SIZES.items():
-    for _registers in (False, True):
-        register_model(
-            f"vit_{_size}_patch14_{'reg4_' if _registers else ''}dinov2",
-            VisionTransformer,
-            family="dinov2",
-            arch=dict(
-                _arch,
-                patch_size=14,
-                image_size=518,
-                init_values=1e-5,
-                reg_tokens=4 if _registers else 0,
-                no_embed_class=_registers,
-            ),
-            num_classes=0,  # published as feature extractors
-            mean=IMAGENET_DEFAULT_MEAN,
-            std=IMAGENET_DEFAULT_STD,
+_DINOV2 = dict(patch_size=14, image_size=518, init_values=1e-5)
+register_variants(
+    "dinov2",
+    VisionTransformer,
+    [
+        (
+            f"vit_{s}_patch14_{'reg4_' if reg else ''}dinov2",
+            dict(arch, **_DINOV2, reg_tokens=4 if reg else 0, no_embed_class=reg),
         )
+        for s, arch in _DINOV2_SIZES.items()
+        for reg in (False, True)
+    ],
+    num_classes=0,  # published as feature extractors
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+)
