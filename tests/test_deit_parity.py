@@ -7,23 +7,9 @@ and the tiny variants at full depth; `make parity` (`-m slow`) runs all full-siz
 
 import keras
 import numpy as np
+import parity
 import pytest
-from parity import (
-    ParityCase,
-    assert_defaults_match_timm_cfg,
-    assert_parity,
-    build_reference,
-    nchw_to_nhwc,
-    other_size,
-    param_count_test,
-    parity_test,
-    save_timm_safetensors,
-    structured_images,
-    structured_pixels,
-    timm,
-    timm_forward,
-    torch,
-)
+from parity import timm, torch
 
 import keras_vit
 from keras_vit.models import DistilledVisionTransformer, VisionTransformer
@@ -34,11 +20,11 @@ TINY = [n for n in DEIT_NAMES if n.startswith("deit_tiny")]
 
 def _resampled_size(name):
     """A larger non-square grid: DeiT's fine-tune-at-higher-resolution path."""
-    return other_size(name, 2, -2)
+    return parity.other_size(name, 2, -2)
 
 
 def _case(name, sizes, **arch):
-    return ParityCase(name, arch, image_sizes=sizes, heads="distilled" in name)
+    return parity.ParityCase(name, arch, image_sizes=sizes, heads="distilled" in name)
 
 
 DEPTH_2 = [_case(n, (None, _resampled_size(n)), depth=2) for n in DEIT_NAMES]
@@ -65,44 +51,46 @@ def test_registry_covers_timm_deit():
     assert DEIT_NAMES == expected
     assert set(expected) <= set(timm.list_models("deit_*"))
     for name in DEIT_NAMES:
-        assert_defaults_match_timm_cfg(name)
+        parity.assert_defaults_match_timm_cfg(name)
 
 
-test_parity_every_variant_at_depth_2 = parity_test(DEPTH_2, check_model=_class_of_each_name)
-test_parity_full_depth_tiny_variants = parity_test(FULL_DEPTH_TINY, check_model=_class_of_each_name)
-test_parity_full_size = parity_test(FULL_SIZE, slow=True, check_model=_class_of_each_name)
-test_param_count_matches_timm = param_count_test(DEIT_NAMES, slow=True)
+test_parity_every_variant_at_depth_2 = parity.parity_test(DEPTH_2, check_model=_class_of_each_name)
+test_parity_full_depth_tiny_variants = parity.parity_test(
+    FULL_DEPTH_TINY, check_model=_class_of_each_name
+)
+test_parity_full_size = parity.parity_test(FULL_SIZE, slow=True, check_model=_class_of_each_name)
+test_param_count_matches_timm = parity.param_count_test(DEIT_NAMES, slow=True)
 
 
 @pytest.fixture(scope="module")
 def tiny_distilled(tmp_path_factory):
     name = "deit_tiny_distilled_patch16_224"
-    ref = build_reference(ParityCase(name, dict(depth=2), seed=7))
+    ref = parity.build_reference(parity.ParityCase(name, dict(depth=2), seed=7))
     path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_timm_safetensors(ref, path)
+    parity.save_timm_safetensors(ref, path)
     return name, ref, path
 
 
 def test_preprocessing_uses_imagenet_mean_std(tiny_distilled):
     name, ref, path = tiny_distilled
-    pixels = structured_pixels(2, 224, 224)
+    pixels = parity.structured_pixels(2, 224, 224)
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     normalised = ((pixels / 255.0 - mean) / std).astype(np.float32)
     model = keras_vit.create_model(name, depth=2, weights=path)
-    expected = timm_forward(ref, np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
-    assert_parity(model.predict_on_batch(pixels), expected)
+    expected = parity.timm_forward(ref, np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
+    parity.assert_parity(model.predict_on_batch(pixels), expected)
 
 
 def test_features_are_mean_of_both_tokens(tiny_distilled):
     name, ref, path = tiny_distilled
-    images = structured_images(2, 224, 224)
+    images = parity.structured_images(2, 224, 224)
     feats = keras_vit.create_model(
         name, depth=2, weights=path, num_classes=0, include_preprocessing=False
     )
     with torch.no_grad():
         expected = ref.forward_head(ref.forward_features(torch.from_numpy(images)), pre_logits=True)
     assert feats.output_shape == (None, 192)
-    assert_parity(feats.predict_on_batch(nchw_to_nhwc(images)), expected.numpy())
+    parity.assert_parity(feats.predict_on_batch(parity.nchw_to_nhwc(images)), expected.numpy())
 
 
 def test_heads_model_shares_weights_and_averages_to_output(tiny_distilled):
@@ -111,7 +99,7 @@ def test_heads_model_shares_weights_and_averages_to_output(tiny_distilled):
     heads = model.heads_model
     assert heads is model.heads_model  # cached
     assert {id(v) for v in heads.weights} == {id(v) for v in model.weights}
-    x = nchw_to_nhwc(structured_images(2, 224, 224))
+    x = parity.nchw_to_nhwc(parity.structured_images(2, 224, 224))
     cls_logits, dist_logits = heads.predict_on_batch(x)
     np.testing.assert_allclose(
         model.predict_on_batch(x), (cls_logits + dist_logits) / 2, rtol=0, atol=1e-5

@@ -6,21 +6,9 @@ multiple of the 2x2 patch) takes the resize-to-a-multiple path of timm's MobileV
 
 import keras
 import numpy as np
+import parity
 import pytest
-from parity import (
-    ParityCase,
-    assert_parity,
-    build_reference,
-    nchw_to_nhwc,
-    param_count_test,
-    parity_test,
-    save_timm_safetensors,
-    structured_images,
-    structured_pixels,
-    timm,
-    timm_forward,
-    torch,
-)
+from parity import timm, torch
 
 import keras_vit
 from keras_vit.layers import fold_patches, unfold_patches
@@ -29,7 +17,8 @@ from keras_vit.models import MobileViT
 NAMES = ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s"]
 OTHER_SIZES = {"mobilevit_xxs": [192, 224], "mobilevit_xs": [224], "mobilevit_s": [192]}
 CASES = [
-    ParityCase(n, image_sizes=(256, *OTHER_SIZES[n]), seed=10 + i) for i, n in enumerate(NAMES)
+    parity.ParityCase(n, image_sizes=(256, *OTHER_SIZES[n]), seed=10 + i)
+    for i, n in enumerate(NAMES)
 ]
 
 
@@ -44,14 +33,14 @@ def checkpoints(tmp_path_factory):
     """name -> (randomised timm classifier, its safetensors file)."""
     out, folder = {}, tmp_path_factory.mktemp("mobilevit")
     for case in CASES:
-        ref = build_reference(case)
-        out[case.timm_name] = ref, save_timm_safetensors(ref, folder / f"{case}.safetensors")
+        ref = parity.build_reference(case)
+        out[case.timm_name] = ref, parity.save_timm_safetensors(ref, folder / f"{case}.safetensors")
     return out
 
 
-test_parity_at_256_and_another_size = parity_test(CASES)
+test_parity_at_256_and_another_size = parity.parity_test(CASES)
 # trainable weights = timm's parameters; BatchNorm moving statistics = timm's buffers
-test_param_count_matches_timm = param_count_test(NAMES)
+test_param_count_matches_timm = parity.param_count_test(NAMES)
 
 
 def test_features_only_matches_timm_features_only(checkpoints):
@@ -60,44 +49,44 @@ def test_features_only_matches_timm_features_only(checkpoints):
     # timm's FeatureListNet flattens `stages.N` into `stages_N`; the classifier has no place
     state = {k.replace("stages.", "stages_", 1): v for k, v in ref.state_dict().items()}
     tf_.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
-    images = structured_images(2, 256, 256, seed=7)
-    expected = timm_forward(tf_, images)
+    images = parity.structured_images(2, 256, 256, seed=7)
+    expected = parity.timm_forward(tf_, images)
 
     model = keras_vit.create_model(
         "mobilevit_xxs", weights=path, features_only=True, include_preprocessing=False
     )
     assert model.feature_strides == tuple(tf_.feature_info.reduction()) == (2, 4, 8, 16, 32)
-    ours = model.predict_on_batch(nchw_to_nhwc(images))
+    ours = model.predict_on_batch(parity.nchw_to_nhwc(images))
     assert len(ours) == len(expected) == 5
     for a, b in zip(ours, expected):
-        assert a.shape == nchw_to_nhwc(b).shape
-        assert_parity(a, nchw_to_nhwc(b))
+        assert a.shape == parity.nchw_to_nhwc(b).shape
+        parity.assert_parity(a, parity.nchw_to_nhwc(b))
 
     # the same maps from a classifier's feature_model(), and from timm's own key layout
     classifier = keras_vit.create_model("mobilevit_xxs", weights=path, include_preprocessing=False)
     # the view is a plain keras.Model (graph mode), `model` runs under XLA: fused kernels round
     # differently, by up to ~3e-5 on these deep maps; both are within 1e-4 of timm above
-    for a, b in zip(classifier.feature_model().predict_on_batch(nchw_to_nhwc(images)), ours):
+    for a, b in zip(classifier.feature_model().predict_on_batch(parity.nchw_to_nhwc(images)), ours):
         np.testing.assert_allclose(a, b, atol=1e-4)
-    features_path = save_timm_safetensors(tf_, path.parent / "features.safetensors")
+    features_path = parity.save_timm_safetensors(tf_, path.parent / "features.safetensors")
     again = keras_vit.create_model(
         "mobilevit_xxs", weights=features_path, features_only=True, include_preprocessing=False
     )
-    np.testing.assert_array_equal(again.predict_on_batch(nchw_to_nhwc(images))[-1], ours[-1])
+    np.testing.assert_array_equal(again.predict_on_batch(parity.nchw_to_nhwc(images))[-1], ours[-1])
 
 
 def test_preprocessing_pooled_features_and_new_head(checkpoints):
     ref, path = checkpoints["mobilevit_xxs"]
-    pixels = structured_pixels(2, 64, 64)
+    pixels = parity.structured_pixels(2, 64, 64)
     nchw = np.ascontiguousarray((pixels / 255.0).transpose(0, 3, 1, 2))  # mean 0, std 1
     model = keras_vit.create_model("mobilevit_xxs", weights=path, image_size=64)
-    assert_parity(model.predict_on_batch(pixels), timm_forward(ref, nchw))
+    parity.assert_parity(model.predict_on_batch(pixels), parity.timm_forward(ref, nchw))
 
     features = keras_vit.create_model("mobilevit_xxs", weights=path, image_size=64, num_classes=0)
     with torch.no_grad():
         pooled = ref.forward_head(ref.forward_features(torch.from_numpy(nchw)), pre_logits=True)
     assert features.output_shape == (None, 320)
-    assert_parity(features.predict_on_batch(pixels), pooled.numpy())
+    parity.assert_parity(features.predict_on_batch(pixels), pooled.numpy())
 
     seven = keras_vit.create_model("mobilevit_xxs", weights=path, image_size=64, num_classes=7)
     fc = seven.get_layer("head").fc

@@ -12,20 +12,9 @@ import functools
 
 import keras
 import numpy as np
+import parity
 import pytest
-from parity import (
-    ParityCase,
-    assert_parity,
-    build_reference,
-    nchw_to_nhwc,
-    param_count_test,
-    parity_test,
-    save_timm_safetensors,
-    structured_images,
-    timm,
-    timm_forward,
-    torch,
-)
+from parity import timm, torch
 
 import keras_vit
 from keras_vit.layers import LinearSelfAttention
@@ -69,7 +58,7 @@ def _timm_reduced(name, transformer_depths):
 
 def _reduced(name, size):
     builder = functools.partial(_timm_reduced, name)
-    return ParityCase(
+    return parity.ParityCase(
         name, REDUCED, image_sizes=(size,), seed=len(name) + size, timm_builder=builder
     )
 
@@ -87,7 +76,7 @@ REDUCED_CASES = [
 ]
 # full size: native 256 and another (224: a 7x7 last stage; 384: the in22k-ft 384 checkpoints)
 FULL_CASES = [
-    ParityCase(name, image_sizes=sizes, seed=NAMES.index(name))
+    parity.ParityCase(name, image_sizes=sizes, seed=NAMES.index(name))
     for name, sizes in [
         ("mobilevitv2_050", (256, 224)),
         ("mobilevitv2_075", (256, 192)),
@@ -112,19 +101,19 @@ def test_reduced_reference_has_the_reduced_depths():
     assert layers == [1, 2, 1]
 
 
-test_parity_reduced_depth = parity_test(REDUCED_CASES)
-test_parity_full_size = parity_test(FULL_CASES[:1])
-test_parity_full_size_slow = parity_test(FULL_CASES[1:], slow=True)
+test_parity_reduced_depth = parity.parity_test(REDUCED_CASES)
+test_parity_full_size = parity.parity_test(FULL_CASES[:1])
+test_parity_full_size_slow = parity.parity_test(FULL_CASES[1:], slow=True)
 # trainable weights = timm's parameters; BatchNorm moving statistics = timm's buffers
-test_param_count_matches_timm = param_count_test(NAMES)
+test_param_count_matches_timm = parity.param_count_test(NAMES)
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A randomised full-size timm mobilevitv2_050 and its safetensors file."""
-    ref = build_reference(ParityCase("mobilevitv2_050", seed=21))
+    ref = parity.build_reference(parity.ParityCase("mobilevitv2_050", seed=21))
     path = tmp_path_factory.mktemp("mobilevitv2") / "mobilevitv2_050.safetensors"
-    return ref, save_timm_safetensors(ref, path)
+    return ref, parity.save_timm_safetensors(ref, path)
 
 
 def test_features_only_matches_timm_features_only(small):
@@ -133,8 +122,8 @@ def test_features_only_matches_timm_features_only(small):
     # timm's FeatureListNet flattens `stages.N` into `stages_N`; the classifier has no place
     state = {k.replace("stages.", "stages_", 1): v for k, v in ref.state_dict().items()}
     tf_.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
-    images = structured_images(2, 224, 224, seed=7)  # 224: the last map is resized 7 -> 8
-    expected = timm_forward(tf_, images)
+    images = parity.structured_images(2, 224, 224, seed=7)  # 224: the last map is resized 7 -> 8
+    expected = parity.timm_forward(tf_, images)
 
     model = keras_vit.create_model(
         "mobilevitv2_050",
@@ -144,19 +133,19 @@ def test_features_only_matches_timm_features_only(small):
         include_preprocessing=False,
     )
     assert model.feature_strides == tuple(tf_.feature_info.reduction()) == (2, 4, 8, 16, 32)
-    ours = model.predict_on_batch(nchw_to_nhwc(images))
+    ours = model.predict_on_batch(parity.nchw_to_nhwc(images))
     assert [a.shape[1:] for a in ours] == [
         (112, 112, 32), (56, 56, 64), (28, 28, 128), (14, 14, 192), (8, 8, 256)
     ]  # fmt: skip
     for a, b in zip(ours, expected, strict=True):
-        assert_parity(a, nchw_to_nhwc(b), discriminative=False)
+        parity.assert_parity(a, parity.nchw_to_nhwc(b), discriminative=False)
     # the same maps from a classifier's feature_model() and from timm's own key layout
     classifier = keras_vit.create_model(
         "mobilevitv2_050", weights=path, image_size=224, include_preprocessing=False
     )
-    for a, b in zip(classifier.feature_model().predict_on_batch(nchw_to_nhwc(images)), ours):
+    for a, b in zip(classifier.feature_model().predict_on_batch(parity.nchw_to_nhwc(images)), ours):
         np.testing.assert_allclose(a, b, atol=1e-4)  # graph mode vs XLA: rounding only
-    features_path = save_timm_safetensors(tf_, path.parent / "features.safetensors")
+    features_path = parity.save_timm_safetensors(tf_, path.parent / "features.safetensors")
     again = keras_vit.create_model(
         "mobilevitv2_050",
         weights=features_path,
@@ -164,7 +153,7 @@ def test_features_only_matches_timm_features_only(small):
         features_only=True,
         include_preprocessing=False,
     )
-    np.testing.assert_array_equal(again.predict_on_batch(nchw_to_nhwc(images))[-1], ours[-1])
+    np.testing.assert_array_equal(again.predict_on_batch(parity.nchw_to_nhwc(images))[-1], ours[-1])
 
 
 def test_preprocessing_pooled_features_and_pretrained_cfg(small):
@@ -172,7 +161,7 @@ def test_preprocessing_pooled_features_and_pretrained_cfg(small):
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 96, 96, 3)).astype(np.float32)
     nchw = np.ascontiguousarray((pixels / 255.0).transpose(0, 3, 1, 2))  # mean 0, std 1
     model = keras_vit.create_model("mobilevitv2_050.cvnets_in1k", weights=path, image_size=96)
-    assert_parity(model.predict_on_batch(pixels), timm_forward(ref, nchw))
+    parity.assert_parity(model.predict_on_batch(pixels), parity.timm_forward(ref, nchw))
     cfg = model.pretrained_cfg
     assert (cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.std) == (
         0.888, "bicubic", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -182,7 +171,7 @@ def test_preprocessing_pooled_features_and_pretrained_cfg(small):
     with torch.no_grad():
         pooled = ref.forward_head(ref.forward_features(torch.from_numpy(nchw)), pre_logits=True)
     assert features.output_shape == (None, 256)
-    assert_parity(features.predict_on_batch(pixels), pooled.numpy())
+    parity.assert_parity(features.predict_on_batch(pixels), pooled.numpy())
 
     # a fully convolutional checkpoint brings its size: the 384 tags build 384 models
     big = keras_vit.registry.get_spec("mobilevitv2_150")
@@ -208,7 +197,7 @@ def test_linear_attention_matches_timm(patches):
     layer.out_proj.kernel.assign(ref.out_proj.weight.detach().numpy().transpose(2, 3, 1, 0))
     layer.out_proj.bias.assign(ref.out_proj.bias.detach().numpy())
     ours = keras.ops.convert_to_numpy(layer(x.transpose(0, 2, 3, 1)))  # (B, P, N, C)
-    np.testing.assert_allclose(ours, timm_forward(ref, x).transpose(0, 2, 3, 1), atol=1e-5)
+    np.testing.assert_allclose(ours, parity.timm_forward(ref, x).transpose(0, 2, 3, 1), atol=1e-5)
 
 
 @pytest.mark.parametrize("size_in,size_out", [((7, 5), (8, 6)), ((3, 1), (4, 2)), ((5, 6), (6, 6))])
@@ -217,8 +206,10 @@ def test_align_corners_resize_matches_torch(size_in, size_out):
     expected = torch.nn.functional.interpolate(
         torch.from_numpy(x), size=size_out, mode="bilinear", align_corners=True
     ).numpy()
-    ours = keras.ops.convert_to_numpy(resize_bilinear_align_corners(nchw_to_nhwc(x), size_out))
-    np.testing.assert_allclose(ours, nchw_to_nhwc(expected), atol=1e-6)
+    ours = keras.ops.convert_to_numpy(
+        resize_bilinear_align_corners(parity.nchw_to_nhwc(x), size_out)
+    )
+    np.testing.assert_allclose(ours, parity.nchw_to_nhwc(expected), atol=1e-6)
 
 
 def test_keras_round_trip_and_saved_model(tmp_path):
