@@ -232,7 +232,7 @@ def convert(source, model, output, check=True, atol=1e-4, require_check=False, *
             if require_check:
                 raise ValueError(
                     f"Cannot check {os.fspath(source)!r} against its source framework: {err}. "
-                    "Install it (pip install 'keras-vit[torch]' for timm, '[hf]' for "
+                    "Install it (pip install 'keras-vit-zoo[torch]' for timm, '[hf]' for "
                     "transformers) or drop require_check; nothing was written."
                 ) from err
             not_compared = f"source framework not installed: {err}"

@@ -1,5 +1,5 @@
 """TensorFlow Datasets by name (`tf_flowers`, `cifar10`, `imagenette`, `imagenet2012` with its
-manual download in `data_dir/downloads/manual`). Optional: `pip install keras-vit[tfds]`."""
+manual download in `data_dir/downloads/manual`). Optional: `pip install keras-vit-zoo[tfds]`."""
 
 # Validation split per data set: its own when it has one, else the tail of `train`.
 _VAL_SPLITS = ("validation", "test")
@@ -10,7 +10,7 @@ def _import_tfds():
         import tensorflow_datasets as tfds
     except ImportError as err:
         raise ImportError(
-            "TensorFlow Datasets is an optional extra: pip install 'keras-vit[tfds]'"
+            "TensorFlow Datasets is an optional extra: pip install 'keras-vit-zoo[tfds]'"
         ) from err
     return tfds
 
