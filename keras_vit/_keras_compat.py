@@ -52,6 +52,13 @@ def inbound_tensor(layer):
     return layer._inbound_nodes[0].input_tensors[0]
 
 
+def producing_layer(tensor):
+    """The layer (or operation) whose call produced the symbolic `tensor` of a functional
+    graph: the classifier behind each output of `classifier_heads()`, which a linear probe
+    keeps trainable. Keras has no public node API."""
+    return tensor._keras_history.operation
+
+
 def random_seed_dtype():
     """The dtype Keras's random ops expect of a seed tensor on this backend (a stateless seed
     in a tf.data trace must match it); not exported."""
@@ -107,6 +114,14 @@ def build_without_peek(model, data_batch):
     model._maybe_symbolic_build = without_peek
 
 
+def optimizer_variable_index(optimizer, variable):
+    """The place of `variable` among the variables `optimizer` was built with, for whatever
+    form `update_step` receives it in (a Keras variable, or under `tf.distribute` the
+    replica's `tf.Variable`). Keras's own optimizers find their slots with this method
+    (`Optimizer._get_variable_index`); there is no public form of it."""
+    return optimizer._get_variable_index(variable)
+
+
 def check_keras(version=None):
     """Raise `RuntimeError` naming what is missing when the installed Keras (or `version`)
     lacks an internal this module uses."""
@@ -119,6 +134,8 @@ def check_keras(version=None):
         (keras.Model, AUTO_JIT_HOOK),
         (keras.Model, "_maybe_symbolic_build"),
         (keras.layers.Layer, "_flatten_layers"),
+        (keras.optimizers.Optimizer, "_get_variable_index"),
+        (keras.optimizers.Optimizer, "_apply_weight_decay"),
     ):
         if not hasattr(owner, name):
             problems.append(f"{owner.__name__}.{name}")

@@ -31,8 +31,10 @@ def _env():
     return subprocess_env(CUDA_VISIBLE_DEVICES="")
 
 
-def _run(output):
-    proc = subprocess.run(_cmd(output), env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+def _run(output, cmd=None):
+    """Run `cmd` (default: this file's command) into `output`; its metrics."""
+    cmd = cmd or _cmd(output)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((output / "metrics.json").read_text())
 
@@ -45,9 +47,10 @@ def _weights(path):
     return [v.numpy() for v in keras.saving.load_model(path).weights]
 
 
-def _kill_during_epoch_2(output):
+def _kill_during_epoch_2(output, cmd=None):
+    """SIGKILL `cmd` (default: this file's command) after batch 3 of epoch 2 began."""
     proc = subprocess.Popen(
-        _cmd(output), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cmd or _cmd(output), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     progress = output / "progress.json"
     deadline = time.time() + TIMEOUT

@@ -47,9 +47,44 @@ def _cpu_replicas(strat):
     return all("CPU" in d.upper() for d in strat.extended.worker_devices)
 
 
-def _build_model(model, num_classes, image_size, recipe, dataset):
+def student_weights(model, weights):
+    """What `create_model` loads into the student `model` (a name): a tagged name defaults to
+    its tag's published checkpoint (as `keras-vit predict`), a bare name to random init;
+    `"random"` forces random init, `"pretrained"` asks for the (default) tag's checkpoint, any
+    other string is a local checkpoint file or directory. Returns None (random) or the
+    `weights=` argument of `create_model`."""
+    from keras_vit.registry import split_name
+
+    if weights is None:
+        return "pretrained" if isinstance(model, str) and split_name(model)[1] else None
+    if weights == "random":
+        return None
+    if weights == "pretrained":
+        return weights
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"`weights` must be 'pretrained', 'random' or a path, got {weights!r}.")
+    path = os.fspath(weights)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Student weights {path!r} do not exist.")
+    if path.endswith(".keras"):
+        raise ValueError(
+            f"{path!r} is a whole Keras model, not a checkpoint: pass its weights "
+            "(`model.save_weights('x.weights.h5')`) or a timm/HF/npz checkpoint."
+        )
+    return path
+
+
+def _build_model(model, num_classes, image_size, recipe, dataset, weights=None, model_kwargs=None):
+    """The student, built (and its checkpoint loaded) in the caller's strategy scope. From a
+    checkpoint the head starts fresh when the data set's classes differ and the position
+    embedding is resampled to `image_size` (`create_model`)."""
     from keras_vit.training.small_models import DIGITS_IMAGE_SIZE, digits_student, small_convnet
 
+    named = isinstance(model, str) and model != CONVNET
+    if (weights not in (None, "random") or model_kwargs) and not named:
+        raise ValueError(
+            f"`weights` and `model_kwargs` need a registered model name, got model={model!r}."
+        )
     if isinstance(model, keras.Model):
         return model
     if model is None:
@@ -65,8 +100,37 @@ def _build_model(model, num_classes, image_size, recipe, dataset):
     from keras_vit.registry import create_model
 
     return create_model(
-        model, num_classes=num_classes, image_size=image_size, drop_path_rate=recipe.drop_path_rate
+        model,
+        weights=student_weights(model, weights),
+        num_classes=num_classes,
+        image_size=image_size,
+        drop_path_rate=recipe.drop_path_rate,
+        **(model_kwargs or {}),
     )
+
+
+def freeze_to_head(model):
+    """A linear probe: every layer but the classifier (the layers that produce the outputs of
+    `model.classifier_heads()`: `head`, and `head_dist` of a distilled DeiT) is set
+    `trainable=False`; frozen BatchNorm layers use their statistics. Returns the head layers."""
+    from keras_vit._keras_compat import producing_layer
+    from keras_vit.models.base import classifier_heads
+
+    heads = classifier_heads(model)
+    if heads is None:
+        raise ValueError(
+            f"--freeze-backbone needs a keras_vit model, got {type(model).__name__} {model.name!r}."
+        )
+    head_layers = {}
+    for tensor in heads.outputs:
+        layer = producing_layer(tensor)  # a Dense head, or the distilled DeiT's Average
+        if getattr(layer, "weights", None):
+            head_layers[id(layer)] = layer
+    if not head_layers:
+        raise ValueError(f"{model.name!r} has no classifier to train (num_classes=0?).")
+    for layer in model.layers:
+        layer.trainable = id(layer) in head_layers
+    return list(head_layers.values())
 
 
 def training_preprocessing(student):
@@ -87,17 +151,89 @@ def training_preprocessing(student):
     return dataclasses.replace(prep, transform=whole)
 
 
-def _load_teacher(teacher, num_classes, image_size):
+TEACHER_WEIGHTS = ("pretrained", "random")
+
+
+def resolve_recipe(recipe, model_name, dataset, loaded, freeze_backbone):
+    """`train(recipe=...)` (None, a preset name, or a dict of knobs with an optional
+    `"preset"`) -> a `Recipe`. The default preset follows the start: `linear_probe` with a
+    frozen backbone, `finetune` from a checkpoint, else `scratch`."""
+    if isinstance(recipe, str):
+        recipe = {"preset": recipe}
+    knobs = dict(recipe or {})
+    default = "linear_probe" if freeze_backbone else "finetune" if loaded else "scratch"
+    preset = knobs.pop("preset", None) or default
+    return recipe_for(model_name, dataset, preset=preset, **knobs)
+
+
+def _load_teacher(teacher, num_classes, image_size, teacher_model=None, teacher_weights=None):
+    """`(teacher model, teacher adapter or None)`. A teacher never has random weights unless
+    `teacher_weights="random"` says so:
+
+    - a `keras.Model` is used as it is;
+    - `NAME[.TAG]` (registered): its tag's (or default tag's) published checkpoint, downloaded
+      and verified as `create_model(weights="pretrained")`, at its own classes and size; a name
+      with no published checkpoint is refused;
+    - `keras:APP` (Keras Applications, e.g. `keras:EfficientNetV2B0`): ImageNet weights, its own
+      size and `preprocess_input` through `ApplicationAdapter`;
+    - a `.keras` file: the saved model;
+    - another file or directory: a checkpoint of `teacher_model` (a registered name or
+      `keras:APP`) with the data set's `num_classes`, loaded all or nothing (no fresh head).
+    """
+    from keras_vit.training.teachers import application_teacher, is_application_name
+
     if isinstance(teacher, keras.Model):
-        return teacher
-    if isinstance(teacher, str) and (teacher.endswith(".keras") or os.path.sep in teacher):
+        return teacher, None
+    weights = teacher_weights or "pretrained"
+    if weights not in TEACHER_WEIGHTS:
+        raise ValueError(f"`teacher_weights` must be one of {TEACHER_WEIGHTS}, got {weights!r}.")
+    if not isinstance(teacher, (str, os.PathLike)) or not os.fspath(teacher):
+        raise ValueError(f"`teacher` must be a name, a file or a keras.Model, got {teacher!r}.")
+    teacher = os.fspath(teacher)
+    is_file = teacher.endswith(".keras") or os.path.sep in teacher or os.path.exists(teacher)
+    if is_file:
+        if weights == "random":
+            raise ValueError(f"teacher_weights='random' and a teacher file {teacher!r} conflict.")
         if not os.path.exists(teacher):
             raise FileNotFoundError(f"Teacher file {teacher!r} does not exist.")
-        return keras.saving.load_model(teacher, compile=False)
-    from keras_vit.registry import create_model
+        if teacher.endswith(".keras"):
+            if teacher_model is not None:
+                raise ValueError(f"{teacher!r} is a whole model: drop --teacher-model.")
+            import keras_vit.models  # noqa: F401  (registers the classes the file names)
 
-    logger.warning("Teacher %r is built from the registry with random weights.", teacher)
-    return create_model(teacher, num_classes=num_classes, image_size=image_size)
+            return keras.saving.load_model(teacher, compile=False), None
+        if not teacher_model:
+            raise ValueError(
+                f"Teacher checkpoint {teacher!r} needs --teacher-model NAME (its architecture)."
+            )
+        if is_application_name(teacher_model):
+            return application_teacher(teacher_model, weights=teacher, num_classes=num_classes)
+        from keras_vit.loading import load_weights
+        from keras_vit.registry import create_model
+
+        model = create_model(teacher_model, num_classes=num_classes)
+        return load_weights(model, teacher, reset_head=False), None
+    if teacher_model is not None:
+        raise ValueError(f"--teacher-model is for a teacher file, not for {teacher!r}.")
+    if is_application_name(teacher):
+        if weights == "random":
+            logger.warning("Teacher %r has random weights (asked for).", teacher)
+            return application_teacher(teacher, weights=None, num_classes=num_classes)
+        return application_teacher(teacher)
+    from keras_vit.pretrained import resolve_cfg
+    from keras_vit.registry import create_model, get_spec, split_name
+
+    spec = get_spec(teacher)  # an unknown name: ValueError with the closest ones
+    if weights == "random":
+        logger.warning("Teacher %r has random weights (asked for).", teacher)
+        return create_model(teacher, num_classes=num_classes, image_size=image_size), None
+    if resolve_cfg(spec.name, split_name(teacher)[1]) is None:
+        raise ValueError(
+            f"Teacher {teacher!r} has no published checkpoint (keras_vit.list_pretrained()): a "
+            "random teacher teaches nothing. Pass a checkpoint (--teacher FILE --teacher-model "
+            f"{spec.name}), a .keras model, or --teacher-weights random to ask for one."
+        )
+    return create_model(teacher, weights="pretrained"), None
 
 
 def train(
@@ -118,6 +254,11 @@ def train(
     steps_per_execution=1,
     jit_compile=True,
     verbose="auto",
+    weights=None,
+    teacher_model=None,
+    teacher_weights=None,
+    freeze_backbone=False,
+    model_kwargs=None,
 ):
     """Train (or distil) a model and write `output/model.keras` and `output/metrics.json`.
 
@@ -126,9 +267,12 @@ def train(
             built-in CNN), a `keras.Model`, or None on `digits` (a small distilled DeiT).
         dataset: `"digits"` (built in, offline), a folder of class subfolders, or a TFDS name.
         output: the run's folder (required); also holds the backup a rerun resumes from.
-        teacher: a `.keras` file, a registered name, a `keras.Model`, or None. On `digits`
-            without `model` and `teacher`, a small convnet teacher is trained first into
-            `output/teacher` (itself resumable).
+        teacher: a registered `NAME[.TAG]` (its published checkpoint), `keras:APP` (a Keras
+            Applications model with ImageNet weights, e.g. `keras:EfficientNetV2B0`, fed
+            through its own `preprocess_input`), a `.keras` file, a checkpoint file (with
+            `teacher_model`), a `keras.Model`, or None. On `digits` without `model` and
+            `teacher`, a small convnet teacher is trained first into `output/teacher` (itself
+            resumable). A teacher never has random weights unless `teacher_weights="random"`.
         distillation: `"hard"`, `"soft"` or `"none"`; default hard when the student has a
             distillation head and a teacher is available, else none.
         epochs, batch_size: default 15 and 64 on digits, else 300 and 256 (DeiT). The batch is
@@ -138,12 +282,28 @@ def train(
         strategy: `auto|one|mirrored|multiworker|tpu` or a `tf.distribute.Strategy`.
         seed: initial weights, data order, augmentation, dropout.
         data_dir: TFDS data directory.
-        recipe: a `Recipe`, or a dict of knobs overriding `recipe_for(model, dataset)`.
+        recipe: a `Recipe`; a preset name (`"scratch"`, `"finetune"`, `"linear_probe"`); or a
+            dict of knobs overriding `recipe_for(model, dataset, preset)`, where the key
+            `"preset"` names the preset. Default preset: `"linear_probe"` with
+            `freeze_backbone`, `"finetune"` when the student starts from a checkpoint, else
+            `"scratch"` (DeiT's from-scratch recipe).
         val_fraction: held-out fraction when the source has no validation split.
         jit_compile: compile the train step with XLA (the TPU path). (Not combined with
             `tf.config.experimental.enable_op_determinism()`, which makes Keras drop XLA;
             reproducibility comes from seeds: XLA on CPU reduces in a fixed order.)
-
+        weights: the student's start (a registered `model` only): None (default: the tag's
+            published checkpoint for a tagged name such as `deit_small_patch16_224.fb_in1k`,
+            random init for a bare name), `"pretrained"` (the tag's or default tag's
+            checkpoint, downloaded and verified), `"random"`, or a local checkpoint (timm
+            `.safetensors`/`.pth`, Hugging Face directory, ViT `.npz`, Keras `.weights.h5`).
+            The head starts fresh when the data set's classes differ; the position embedding
+            is resampled to `image_size`. Built and loaded inside the strategy's scope.
+        teacher_model: the architecture of a teacher checkpoint file (`NAME` or `keras:APP`).
+        teacher_weights: `"pretrained"` (default) or `"random"` (a random teacher, only
+            when asked for: it teaches nothing).
+        freeze_backbone: a linear probe: only the classifier head(s) train.
+        model_kwargs: extra constructor arguments of a registered `model` (`{"depth": 2}`),
+            as timm's `--model-kwargs`.
     Returns the final validation metrics (the dict written to `metrics.json`).
     """
     import tensorflow as tf
@@ -199,6 +359,11 @@ def train(
             distillation=distillation,
             image_size=image_size,
             recipe=recipe,
+            weights=weights,
+            teacher_model=teacher_model,
+            teacher_weights=teacher_weights,
+            freeze_backbone=freeze_backbone,
+            model_kwargs=model_kwargs,
             **common,
         )
     finally:
@@ -222,6 +387,11 @@ def _fit_one(
     steps_per_execution,
     jit_compile,
     verbose,
+    weights=None,
+    teacher_model=None,
+    teacher_weights=None,
+    freeze_backbone=False,
+    model_kwargs=None,
 ):
     import tensorflow as tf
 
@@ -238,7 +408,8 @@ def _fit_one(
     )
     name = model if isinstance(model, str) else getattr(model, "name", None)
     if not isinstance(recipe, Recipe):
-        recipe = recipe_for(name, dataset, **(recipe or {}))
+        loaded = isinstance(model, str) and student_weights(model, weights) is not None
+        recipe = resolve_recipe(recipe, name, dataset, loaded, freeze_backbone)
     if jit_compile and _cpu_replicas(strat):
         # XLA on CPU has no collectives ("Collectives are not yet implemented for CPU devices
         # when compiling with XLA"), and compiles every logical CPU replica for the one host
@@ -253,20 +424,27 @@ def _fit_one(
 
     keras.utils.set_random_seed(seed)  # initial weights and generator seeds of this run
     with strat.scope():
-        student = _build_model(model, splits.num_classes, image_size, recipe, dataset)
-        teacher_model = None
+        student = _build_model(
+            model, splits.num_classes, image_size, recipe, dataset, weights, model_kwargs
+        )
+        if freeze_backbone:
+            freeze_to_head(student)
+        teacher_net, adapter = None, None
         if teacher is not None:
-            teacher_model = _load_teacher(teacher, splits.num_classes, image_size)
+            teacher_net, adapter = _load_teacher(
+                teacher, splits.num_classes, image_size, teacher_model, teacher_weights
+            )
         two_heads = has_distillation_head(student)
         if distillation is None:
-            distillation = "hard" if (two_heads and teacher_model is not None) else "none"
+            distillation = "hard" if (two_heads and teacher_net is not None) else "none"
         distiller = DeiTDistiller(
             student,
-            teacher_model if distillation != "none" else None,
+            teacher_net if distillation != "none" else None,
             distillation=distillation,
             alpha=recipe.distillation_alpha,
             temperature=recipe.distillation_temperature,
             label_smoothing=recipe.label_smoothing,
+            teacher_adapter=adapter if distillation != "none" else None,
         )
         prep = training_preprocessing(student)
         train_ds, steps = train_dataset(
@@ -307,7 +485,7 @@ def _fit_one(
     metrics = {"val_" + k: float(v) for k, v in results.items()}
     metrics.update(
         model=student.name,
-        teacher=None if teacher_model is None else teacher_model.name,
+        teacher=None if teacher_net is None else teacher_net.name,
         distillation=distillation,
         dataset=dataset,
         epochs=epochs,
