@@ -178,7 +178,8 @@ for name in ("one", "mirrored"):
     m = keras_vit.train(model="vit_tiny_patch16_224", weights=ckpt,
                         model_kwargs=dict(depth=2, embed_dim=48, num_heads=3), dataset="digits",
                         image_size=32, epochs=1, batch_size=64, seed=3, strategy=name,
-                        output=out + "/" + name, verbose=0, jit_compile=False)
+                        output=out + "/" + name, verbose=0, jit_compile=False,
+                        recipe={"layer_decay": 0.75})  # per-replica variables, scaled lr
     assert m["replicas"] == (1 if name == "one" else 2), m
     weights[name] = [v.numpy() for v in keras.saving.load_model(out + "/" + name + "/model.keras").weights]
 diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["one"], weights["mirrored"]))
@@ -190,6 +191,7 @@ print(json.dumps(dict(weight_diff=diff, moved=moved)))
 
 
 def test_mirrored_two_cpus_equals_one_device_from_a_checkpoint(checkpoint, tmp_path):
+    """The fine-tune preset with layer-wise decay, 1 epoch (23 steps) from the file."""
     proc = subprocess.run(
         [sys.executable, "-c", _MIRRORED, checkpoint, str(tmp_path)],
         env=subprocess_env(CUDA_VISIBLE_DEVICES=""),

@@ -109,3 +109,81 @@ def test_distillation_train_step_compiles_with_xla():
     step = tf.function(distiller.train_step, jit_compile=True)
     hlo = step.experimental_get_compiler_ir((x, y))(stage="hlo")
     assert "HloModule" in hlo and "dot" in hlo  # compiled, with the attention matmuls in it
+
+
+def test_finetune_and_linear_probe_presets():
+    scratch, ft = (
+        recipe_for("deit_small_patch16_224"),
+        recipe_for("deit_small_patch16_224", preset="finetune"),
+    )
+    assert scratch.mixes and not ft.mixes  # no MixUp/CutMix unless asked
+    assert (ft.erasing_prob, ft.rand_augment_magnitude, ft.warmup_epochs) == (0.0, 0.5, 1.0)
+    assert ft.learning_rate(64) == pytest.approx(1e-4 * 64 / 512)  # lower, scaled by batch
+    assert ft.learning_rate(64) == pytest.approx(scratch.learning_rate(64) / 5)
+    assert ft.drop_path_rate == scratch.drop_path_rate == 0.1  # the size's default stays
+    asked = recipe_for("deit_small_patch16_224", preset="finetune", mixup_alpha=0.8, mix_prob=1.0)
+    assert asked.mixes
+    probe = recipe_for("deit_small_patch16_224", preset="linear_probe")
+    assert (probe.drop_path_rate, probe.weight_decay, probe.rand_augment_ops) == (0.0, 0.0, 0)
+    with pytest.raises(ValueError, match="'fine-tune'"):
+        recipe_for(None, preset="fine-tune")
+    with pytest.raises(ValueError, match="layer_decay"):
+        Recipe(layer_decay=1.5)
+
+
+def test_default_preset_follows_the_start_and_the_cli_spells_it():
+    from keras_vit.commands.train import _parse_knobs
+    from keras_vit.training.train import resolve_recipe
+
+    name = "deit_small_patch16_224"
+    assert resolve_recipe(None, name, "x", loaded=False, freeze_backbone=False).mixes
+    assert resolve_recipe(None, name, "x", True, False) == recipe_for(name, preset="finetune")
+    assert resolve_recipe(None, name, "x", True, True) == recipe_for(name, preset="linear_probe")
+    # an explicit preset wins, knobs apply on top
+    knobs = _parse_knobs(["scratch", "lr=1e-3"])
+    assert knobs == {"preset": "scratch", "lr": 1e-3}
+    assert resolve_recipe(knobs, name, "x", True, False) == recipe_for(name, lr=1e-3)
+    assert resolve_recipe("finetune", name, "x", False, False) == recipe_for(
+        name, preset="finetune"
+    )
+    with pytest.raises(ValueError, match="two presets"):
+        _parse_knobs(["finetune", "scratch"])
+
+
+def test_layer_wise_decay_scales_one_step_of_the_optimizer():
+    """One AdamW step with layer_decay=0.5 on a depth-3 ViT moves every variable by
+    `0.5 ** (3 - i)` times what plain AdamW moves it (block i), the head by 1x, the stem by
+    0.5 ** 4, the final norm with the last block; weight decay scales with it."""
+    import keras
+
+    depth, decay = 3, 0.5
+    model = keras_vit.create_model("vit_tiny_patch16_224", **{**TINY, "depth": depth})
+    base = Recipe(lr=1e-2, scale_lr_with_batch=False, warmup_epochs=0, weight_decay=0.3)
+    rng = np.random.default_rng(0)
+    variables = model.trainable_variables
+    grads = [rng.normal(0, 1, v.shape).astype("float32") for v in variables]
+    start = [v.numpy().copy() for v in variables]
+
+    def step(recipe):
+        opt = make_optimizer(recipe, 512, 10, 1, model=model)
+        opt.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
+        delta = [v.numpy() - s for v, s in zip(variables, start)]
+        for v, s in zip(variables, start):
+            v.assign(s)
+        return delta
+
+    plain, layered = step(base), step(base.replace(layer_decay=decay))
+
+    def expected(path):
+        top = path.split("/")[0]
+        if top.startswith("blocks_"):
+            return decay ** (depth - int(top.split("_")[1]))
+        return {"head": 1.0, "norm": decay}.get(top, decay ** (depth + 1))  # else the stem
+
+    seen = set()
+    for v, a, b in zip(variables, layered, plain):
+        scale = expected(v.path)
+        seen.add(scale)
+        assert np.abs(b).max() > 1e-4, v.path  # plain AdamW moved it
+        np.testing.assert_allclose(a, scale * b, rtol=1e-4, atol=1e-9, err_msg=v.path)
+    assert seen == {decay**k for k in range(depth + 2)}

@@ -132,8 +132,8 @@ SMALL_DATA = dict(
 # the batch, a short warmup, lighter augmentation, no MixUp/CutMix). DeiT fine-tunes at 384 on
 # ImageNet with `--lr 5e-6 --weight-decay 1e-8 --epochs 30 --min-lr 5e-6` (the same label set,
 # the head kept); a new data set starts a fresh head, which needs more than that, so the peak
-# here is 1e-4 per 512 images (10x below from-scratch DeiT's 5e-4 x 2, the range timm's and
-# BEiT's transfer runs use). Drop path stays at the size's default.
+# here is 1e-4 per 512 images, 5x below DeiT's from-scratch 5e-4 (the range of timm's and
+# BEiT's transfer runs). Drop path stays at the size's default.
 FINETUNE = dict(
     rand_augment_ops=2,
     rand_augment_magnitude=0.5,  # rand-m5 instead of m9
