@@ -138,6 +138,30 @@ def test_finetune_starts_from_the_checkpoint_with_a_head_of_the_data_set(
     print(f"fine-tune start vs timm: max |logit diff| = {diff:.3g}")
 
 
+def test_tagged_student_starts_from_the_published_checkpoint(server, tmp_path):  # noqa: F811
+    """`train(model=NAME.TAG)`: downloaded from the (local) Hub, verified, loaded, new head."""
+    from safetensors.torch import save
+
+    ref = randomize_timm_model(timm.create_model(MODEL, depth=1).eval(), seed=4)
+    body = save({k: v.contiguous() for k, v in ref.state_dict().items()})
+    server.publish(RESOLVE, body)
+    keras_vit.train(
+        model=TAG_NAME, model_kwargs={"depth": 1}, dataset="digits", image_size=SIZE, epochs=1,
+        batch_size=64, recipe=LR0, strategy="one", output=str(tmp_path / "run"), verbose=0,
+    )  # fmt: skip
+    assert len(server.gets()) == 1
+    model = _load(str(tmp_path / "run" / "model.keras"))
+    assert tuple(model.get_layer("head").kernel.shape) == (192, 10)
+    (tmp_path / "file.safetensors").write_bytes(body)
+    expected = keras_vit.create_model(
+        MODEL, weights=str(tmp_path / "file.safetensors"), num_classes=10, image_size=SIZE, depth=1
+    )
+    ours, ref_w = _backbone(model), _backbone(expected)
+    assert ours.keys() == ref_w.keys()
+    for path in ours:
+        np.testing.assert_array_equal(ours[path], ref_w[path], err_msg=path)
+
+
 def test_tagged_name_defaults_to_its_checkpoint_and_a_bare_name_to_random():
     assert student_weights("deit_small_patch16_224.fb_in1k", None) == "pretrained"
     assert student_weights("deit_small_patch16_224", None) is None
