@@ -279,6 +279,12 @@ def test_a_teacher_without_weights_is_refused_unless_asked_for():
         _load_teacher("vit_large_patch14_224", 10, SIZE)
     with pytest.raises(ValueError, match="needs --teacher-model"):
         _load_teacher(__file__, 10, SIZE)  # a file that is not a .keras model
+    # every Keras Applications constructor finds its preprocess_input (MobileNetV3Small is
+    # exported only at the top of keras.applications)
+    from keras_vit.training.teachers import _application
+
+    assert _application("keras:MobileNetV3Small")[2].__name__.endswith("mobilenet_v3")
+    assert _application("keras:EfficientNetV2B0")[2].__name__.endswith("efficientnet_v2")
     with pytest.raises(ValueError, match="Unknown Keras Applications model 'EfficientNetV9'"):
         _load_teacher("keras:EfficientNetV9", 10, SIZE)
     with pytest.raises(ValueError, match="teacher_weights"):

@@ -68,7 +68,12 @@ def add_arguments(parser):
         help="'random' builds a teacher with random weights (teaches nothing; only on request)",
     )
     parser.add_argument("--distillation", choices=("hard", "soft", "none"), default=None)
-    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="default: 15 on digits, 30 from a checkpoint or with --freeze-backbone, else 300",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="global batch")
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--mixed-precision", action="store_true")

@@ -42,6 +42,11 @@ def _application(name):
             and hasattr(module, "preprocess_input")
         ):
             return bare, constructor, module
+    # some constructors are exported only at the top (MobileNetV3Small): their public module
+    # is the one named like the module that defines them
+    module = getattr(apps, constructor.__module__.rpartition(".")[2], None)
+    if isinstance(module, types.ModuleType) and hasattr(module, "preprocess_input"):
+        return bare, constructor, module
     raise ValueError(f"Keras Applications model {bare!r} has no module with preprocess_input.")
 
 

@@ -275,8 +275,9 @@ def train(
             resumable). A teacher never has random weights unless `teacher_weights="random"`.
         distillation: `"hard"`, `"soft"` or `"none"`; default hard when the student has a
             distillation head and a teacher is available, else none.
-        epochs, batch_size: default 15 and 64 on digits, else 300 and 256 (DeiT). The batch is
-            global: a strategy splits it across replicas.
+        epochs, batch_size: default 15 and 64 on digits, else 300 (30 from a checkpoint or
+            with `freeze_backbone`) and 256 (DeiT). The batch is global: a strategy splits it
+            across replicas.
         image_size: the student's input size (default: the model's / 32 on digits).
         mixed_precision: bfloat16 compute on CPU/TPU, float16 with loss scaling on GPU.
         strategy: `auto|one|mirrored|multiworker|tpu` or a `tf.distribute.Strategy`.
@@ -304,6 +305,7 @@ def train(
         freeze_backbone: a linear probe: only the classifier head(s) train.
         model_kwargs: extra constructor arguments of a registered `model` (`{"depth": 2}`),
             as timm's `--model-kwargs`.
+
     Returns the final validation metrics (the dict written to `metrics.json`).
     """
     import tensorflow as tf
@@ -402,13 +404,15 @@ def _fit_one(
     from keras_vit.training.strategy import is_chief, prepare_multiworker_fit, task_id
 
     digits = dataset == "digits"
-    epochs = _positive_int("epochs", epochs if epochs is not None else (15 if digits else 300))
+    # a student from a checkpoint (or a linear probe) fine-tunes: DeiT's 30 epochs, not 300
+    loaded = isinstance(model, str) and student_weights(model, weights) is not None
+    default_epochs = 15 if digits else 30 if (loaded or freeze_backbone) else 300
+    epochs = _positive_int("epochs", epochs if epochs is not None else default_epochs)
     batch_size = _positive_int(
         "batch_size", batch_size if batch_size is not None else (64 if digits else 256)
     )
     name = model if isinstance(model, str) else getattr(model, "name", None)
     if not isinstance(recipe, Recipe):
-        loaded = isinstance(model, str) and student_weights(model, weights) is not None
         recipe = resolve_recipe(recipe, name, dataset, loaded, freeze_backbone)
     if jit_compile and _cpu_replicas(strat):
         # XLA on CPU has no collectives ("Collectives are not yet implemented for CPU devices
