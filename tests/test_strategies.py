@@ -132,7 +132,11 @@ def test_two_workers_on_localhost_finish_and_chief_writes(tmp_path):
     # both printed the same final metrics (one synchronous training), only the chief wrote
     printed = [json.loads(out[out.index("{") :]) for out, _ in outputs]
     assert printed[0]["train_loss"] == pytest.approx(printed[1]["train_loss"], abs=1e-6)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("backup")) == [
-        "backup",
-        "backup_worker_1",
+    # one backup, written by the chief, read by both (no per-worker copies)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("backup")) == ["backup"]
+    meta = json.loads((tmp_path / "backup" / "training_metadata.json").read_text())
+    assert meta == {"epoch": 1, "weights": "epoch_1.weights.h5"}
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == [
+        "epoch_1.weights.h5",
+        "training_metadata.json",
     ]

@@ -32,6 +32,20 @@ def add_arguments(parser):
         help="override a recipe knob, e.g. --recipe mixup_alpha=0 (repeatable)",
     )
     parser.add_argument("--output", required=True, help="run folder: model.keras, metrics.json")
+    parser.add_argument(
+        "--backup-dir",
+        default=None,
+        help="per-epoch backup a rerun resumes from (default OUTPUT/backup); with several "
+        "workers, a directory all of them read (shared disk, gs:// bucket)",
+    )
+    parser.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="multi-worker: seconds without a heartbeat before a worker counts as lost and "
+        "the others stop with an error (default 60)",
+    )
 
 
 def _parse_knobs(items):
@@ -69,5 +83,7 @@ def run(args):
         data_dir=args.data_dir,
         recipe=_parse_knobs(args.recipe),
         verbose=2,
+        backup_dir=args.backup_dir,
+        worker_timeout=args.worker_timeout,
     )
     print(json.dumps(metrics, indent=2))
