@@ -118,6 +118,9 @@ def _configure_heartbeat(worker_timeout):
     )
 
 
+_CREATED = {}  # name -> the strategy this process made (see get_strategy)
+
+
 def get_strategy(name="auto", worker_timeout=DEFAULT_WORKER_TIMEOUT):
     """A `tf.distribute.Strategy` for `name` (one of `STRATEGIES`); on the JAX backend a
     `JaxDataParallel` (several devices) or a no-op one-device stand-in.
@@ -147,17 +150,22 @@ def get_strategy(name="auto", worker_timeout=DEFAULT_WORKER_TIMEOUT):
             name = "one"
     if name == "one":
         return tf.distribute.get_strategy()  # the default strategy: one device, no-op scope
+    if name in _CREATED:
+        # One instance per process: a second MirroredStrategy reuses the first one's
+        # collective keys (its collectives then fail with a shape mismatch, seen with TF
+        # 2.21), and collective ops can be enabled only once for MultiWorkerMirrored.
+        return _CREATED[name]
     if name == "mirrored":
         # every local GPU, or every logical CPU device when there is no GPU (tests split the
         # CPU with `tf.config.set_logical_device_configuration`)
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices)
+        return _CREATED.setdefault(name, tf.distribute.MirroredStrategy(devices))
     if name == "multiworker":
         if _cluster_size(_tf_config()) < 1:
             raise ValueError("--strategy multiworker needs TF_CONFIG naming the cluster.")
         _configure_heartbeat(worker_timeout)
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _CREATED.setdefault(name, tf.distribute.MultiWorkerMirroredStrategy())
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME", ""))
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
