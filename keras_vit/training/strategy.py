@@ -151,9 +151,9 @@ def get_strategy(name="auto", worker_timeout=DEFAULT_WORKER_TIMEOUT):
     if name == "one":
         return tf.distribute.get_strategy()  # the default strategy: one device, no-op scope
     if name in _CREATED:
-        # One instance per process: a second MirroredStrategy reuses the first one's
-        # collective keys (its collectives then fail with a shape mismatch, seen with TF
-        # 2.21), and collective ops can be enabled only once for MultiWorkerMirrored.
+        # One instance per process: with TF 2.21 a second MirroredStrategy in one process
+        # failed its first evaluation here ("Shape mismatch in the collective instance"),
+        # and MultiWorkerMirrored can enable collective ops only once.
         return _CREATED[name]
     if name == "mirrored":
         # every local GPU, or every logical CPU device when there is no GPU (tests split the
