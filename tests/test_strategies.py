@@ -47,6 +47,32 @@ def test_auto_picks_multiworker_only_for_a_cluster(monkeypatch):
         S._tf_config()
 
 
+# what TF 2.21 raised in worker 0 when worker 1 was SIGKILLed (coordination service heartbeat)
+_ABORT = """{{function_node __wrapped__CollectiveReduceV2_Nordering_token_1_device_/job:worker/\
+replica:0/task:0/device:CPU:0}} Collective ops is aborted by: Error reported from \
+/job:worker/task:1: The following tasks are unhealthy (stopped sending heartbeats):
+/job:worker/replica:0/task:1
+The tasks have crashed. Check the task logs for an earlier error."""
+
+
+def test_lost_worker_error_names_the_lost_task_and_how_to_resume():
+    err = S.lost_worker_error(RuntimeError(_ABORT), 10, "gs://b/run")
+    assert isinstance(err, RuntimeError)
+    text = str(err)
+    assert text.startswith("Lost /job:worker/replica:0/task:1:")  # not task 0, the reporter
+    assert "10 s (--worker-timeout)" in text and "'gs://b/run'" in text
+    assert "Restart every worker with the same command" in text
+    other = S.lost_worker_error(RuntimeError("Error reported from /job:worker/task:2: x"), 60, "d")
+    assert str(other).startswith("Lost /job:worker/task:2:")
+    assert str(S.lost_worker_error(RuntimeError("?"), 60, "d")).startswith("Lost another worker")
+
+
+def test_worker_timeout_is_validated():
+    for bad in (0, -1, "10", True):
+        with pytest.raises(ValueError, match="worker_timeout"):
+            S.get_strategy("one", worker_timeout=bad)
+
+
 def test_unknown_strategy_is_named():
     with pytest.raises(ValueError, match="'gpu4'"):
         S.get_strategy("gpu4")
@@ -132,7 +158,11 @@ def test_two_workers_on_localhost_finish_and_chief_writes(tmp_path):
     # both printed the same final metrics (one synchronous training), only the chief wrote
     printed = [json.loads(out[out.index("{") :]) for out, _ in outputs]
     assert printed[0]["train_loss"] == pytest.approx(printed[1]["train_loss"], abs=1e-6)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("backup")) == [
-        "backup",
-        "backup_worker_1",
+    # one backup, written by the chief, read by both (no per-worker copies)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("backup")) == ["backup"]
+    meta = json.loads((tmp_path / "backup" / "training_metadata.json").read_text())
+    assert meta == {"epoch": 1, "weights": "epoch_1.weights.h5"}
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == [
+        "epoch_1.weights.h5",
+        "training_metadata.json",
     ]

@@ -91,6 +91,20 @@ def add_arguments(parser):
         "mixup_alpha=0 --recipe layer_decay=0.65 (repeatable)",
     )
     parser.add_argument("--output", required=True, help="run folder: model.keras, metrics.json")
+    parser.add_argument(
+        "--backup-dir",
+        default=None,
+        help="per-epoch backup a rerun resumes from (default OUTPUT/backup); with several "
+        "workers, a directory all of them read (shared disk, gs:// bucket)",
+    )
+    parser.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="multi-worker: seconds without a heartbeat before a worker counts as lost and "
+        "the others stop with an error (default 60)",
+    )
 
 
 def _parse_knobs(items, flag="--recipe", presets=True):
@@ -144,5 +158,7 @@ def run(args):
         teacher_weights=args.teacher_weights,
         freeze_backbone=args.freeze_backbone,
         model_kwargs=_parse_knobs(args.model_kwargs, "--model-kwargs", presets=False) or None,
+        backup_dir=args.backup_dir,
+        worker_timeout=args.worker_timeout,
     )
     print(json.dumps(metrics, indent=2))

@@ -219,10 +219,18 @@ class DeiTDistiller(XLAByDefault, keras.Model):
         if self._use_teacher:
             self.distillation_loss_tracker.update_state(teacher_part, sample_weight=weights)
         # (B,) -> scalar: sum over this replica / examples in the global batch
-        loss = ops.sum(total) / _global_batch_size(ops.shape(total)[0])
+        local_sum, local_size = ops.sum(total), ops.cast(ops.shape(total)[0], "float32")
+        loss = local_sum / _global_batch_size(local_size)
+        context = _replica_context()
+        if context is not None:
+            # Keras logs `loss * replicas` weighted by the replica's example count; when a
+            # batch splits unevenly (an evaluation's last batch) only the replica's own mean
+            # / replicas logs the exact global mean. Its value is logged; the gradient stays
+            # that of the global-batch mean above.
+            logged = ops.divide_no_nan(local_sum, local_size * context.num_replicas_in_sync)
+            loss = loss + ops.stop_gradient(logged - loss)
         if self.losses:  # regularisers of the student, once per replica like Keras's own
             extra = ops.sum([ops.cast(ops.sum(v), "float32") for v in self.losses])
-            context = _replica_context()
             loss = loss + (extra if context is None else extra / context.num_replicas_in_sync)
         return loss
 

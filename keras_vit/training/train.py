@@ -5,10 +5,16 @@ What runs where: the tf.data pipeline (decode, resize, augmentation, MixUp/CutMi
 host CPU threads; the train step (student forward, teacher forward, DeiT loss, AdamW update)
 is one XLA program (`jit_compile=True`), replicated by the strategy.
 
-Resuming: `keras.callbacks.BackupAndRestore` keeps weights, optimizer state and the epoch in
-`DIR/backup` at every epoch end. Run again, the call restores them; the data of epoch `e`
-depends only on `(seed, e)` and the dropout/drop-path generators are re-keyed per epoch
-(`EpochRNG`), so the resumed run ends with the weights of an uninterrupted one.
+Resuming: a `BackupAndRestore` (`SharedBackup`) keeps weights, optimizer state and the epoch
+in the backup directory (`backup_dir`, default `DIR/backup`) at every epoch end. Run again, the
+call restores them; the data of epoch `e` depends only on `(seed, e)` and the dropout/drop-path
+generators are re-keyed per epoch (`EpochRNG`), so the resumed run ends with the weights of an
+uninterrupted one.
+
+Several workers (MultiWorkerMirrored): no worker reads a file that only the chief writes. The
+chief alone writes `output` and the backup; every worker restores from the backup directory,
+which must then be one they all read (`backup_dir` on a shared disk or a bucket). A teacher
+trained in the run stays in memory on every worker. Non-chief workers write nothing.
 """
 
 import json
@@ -33,17 +39,19 @@ def _positive_int(name, value):
 
 def _backup_metadata_epoch(backup_dir):
     """The epoch BackupAndRestore will resume at (0 without a backup)."""
+    import tensorflow as tf  # (tf.io.gfile: a local folder or a bucket)
+
     path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         return 0
-    with open(path) as f:
-        return int(json.load(f)["epoch"])
+    with tf.io.gfile.GFile(path) as f:
+        return int(json.loads(f.read())["epoch"])
 
 
 def _cpu_replicas(strat):
     """True for several replicas all on CPUs (logical devices of one host, or CPU workers)."""
-    if strat.num_replicas_in_sync < 2:
-        return False
+    if strat.num_replicas_in_sync < 2 or not hasattr(strat, "extended"):
+        return False  # (JAX's DataParallel compiles every step with XLA on any device)
     return all("CPU" in d.upper() for d in strat.extended.worker_devices)
 
 
@@ -259,6 +267,8 @@ def train(
     teacher_weights=None,
     freeze_backbone=False,
     model_kwargs=None,
+    backup_dir=None,
+    worker_timeout=None,
 ):
     """Train (or distil) a model and write `output/model.keras` and `output/metrics.json`.
 
@@ -266,13 +276,15 @@ def train(
         model: a registered name (`deit_small_distilled_patch16_224`), `"convnet"` (the small
             built-in CNN), a `keras.Model`, or None on `digits` (a small distilled DeiT).
         dataset: `"digits"` (built in, offline), a folder of class subfolders, or a TFDS name.
-        output: the run's folder (required); also holds the backup a rerun resumes from.
+        output: the run's folder (required); written by the chief only. Holds the backup a
+            rerun resumes from unless `backup_dir` says otherwise.
         teacher: a registered `NAME[.TAG]` (its published checkpoint), `keras:APP` (a Keras
             Applications model with ImageNet weights, e.g. `keras:EfficientNetV2B0`, fed
             through its own `preprocess_input`), a `.keras` file, a checkpoint file (with
             `teacher_model`), a `keras.Model`, or None. On `digits` without `model` and
-            `teacher`, a small convnet teacher is trained first into `output/teacher` (itself
-            resumable). A teacher never has random weights unless `teacher_weights="random"`.
+            `teacher`, a small convnet teacher is trained first (the chief writes it to
+            `output/teacher`; every worker keeps it in memory; itself resumable). A teacher
+            never has random weights unless `teacher_weights="random"`.
         distillation: `"hard"`, `"soft"` or `"none"`; default hard when the student has a
             distillation head and a teacher is available, else none.
         epochs, batch_size: default 15 and 64 on digits, else 300 (30 from a checkpoint or
@@ -280,7 +292,9 @@ def train(
             across replicas.
         image_size: the student's input size (default: the model's / 32 on digits).
         mixed_precision: bfloat16 compute on CPU/TPU, float16 with loss scaling on GPU.
-        strategy: `auto|one|mirrored|multiworker|tpu` or a `tf.distribute.Strategy`.
+        strategy: `auto|one|mirrored|multiworker|tpu`, a `tf.distribute.Strategy`, or on
+            JAX a `keras_vit.training.strategy.JaxDataParallel` (`auto`: DataParallel over
+            the local JAX devices when there are several).
         seed: initial weights, data order, augmentation, dropout.
         data_dir: TFDS data directory.
         recipe: a `Recipe`; a preset name (`"scratch"`, `"finetune"`, `"linear_probe"`); or a
@@ -305,13 +319,25 @@ def train(
         freeze_backbone: a linear probe: only the classifier head(s) train.
         model_kwargs: extra constructor arguments of a registered `model` (`{"depth": 2}`),
             as timm's `--model-kwargs`.
+        backup_dir: where the per-epoch backup lives (default `output/backup`; the default
+            teacher's in `output/teacher/backup`, or `backup_dir/teacher`). With several
+            workers it must be readable by all of them (shared disk, `gs://` bucket) for a
+            restart to resume; the chief alone writes it.
+        worker_timeout: seconds without a heartbeat before a MultiWorkerMirrored worker counts
+            as lost (default `strategy.DEFAULT_WORKER_TIMEOUT`, 60); the others then stop
+            with a `RuntimeError` naming it. Restart every worker to resume.
 
     Returns the final validation metrics (the dict written to `metrics.json`).
     """
     import tensorflow as tf
 
     from keras_vit.data import load_splits
-    from keras_vit.training.strategy import get_strategy
+    from keras_vit.training.strategy import (
+        DEFAULT_WORKER_TIMEOUT,
+        JaxDataParallel,
+        get_strategy,
+        lost_worker_error,
+    )
 
     if not output:
         raise ValueError(f"`output` (the run's folder) is required, got {output!r}.")
@@ -321,7 +347,15 @@ def train(
         )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"`seed` must be an int, got {seed!r}.")
-    strat = strategy if isinstance(strategy, tf.distribute.Strategy) else get_strategy(strategy)
+    if worker_timeout is None:
+        worker_timeout = DEFAULT_WORKER_TIMEOUT
+    if backup_dir is not None and (not isinstance(backup_dir, str) or not backup_dir):
+        raise ValueError(f"`backup_dir` must be a non-empty path, got {backup_dir!r}.")
+    if isinstance(strategy, (tf.distribute.Strategy, JaxDataParallel)):
+        strat = strategy
+    else:
+        strat = get_strategy(strategy, worker_timeout=worker_timeout)
+    student_backup = backup_dir or os.path.join(output, "backup")
     splits = load_splits(dataset, data_dir=data_dir, val_fraction=val_fraction)
     previous_policy = keras.config.dtype_policy()
     if mixed_precision:
@@ -341,22 +375,28 @@ def train(
         )
         default_pair = model is None and dataset == "digits"
         if teacher is None and default_pair and distillation in (None, "hard", "soft"):
+            # Every worker trains the teacher (a finished one is restored from its backup,
+            # no training) and keeps it in memory: no worker reads a file the chief wrote.
             teacher_dir = os.path.join(output, "teacher")
-            teacher_file = os.path.join(teacher_dir, "model.keras")
-            if not os.path.exists(os.path.join(teacher_dir, "metrics.json")):
-                _fit_one(
-                    CONVNET,
-                    output=teacher_dir,
-                    teacher=None,
-                    distillation="none",
-                    image_size=image_size,
-                    recipe=recipe,
-                    **common,
-                )
-            teacher = teacher_file
-        return _fit_one(
+            teacher_backup = (
+                os.path.join(backup_dir, "teacher")
+                if backup_dir
+                else os.path.join(teacher_dir, "backup")
+            )
+            _, teacher = _fit_one(
+                CONVNET,
+                output=teacher_dir,
+                backup_dir=teacher_backup,
+                teacher=None,
+                distillation="none",
+                image_size=image_size,
+                recipe=recipe,
+                **common,
+            )
+        metrics, _ = _fit_one(
             model,
             output=output,
+            backup_dir=student_backup,
             teacher=teacher,
             distillation=distillation,
             image_size=image_size,
@@ -368,6 +408,11 @@ def train(
             model_kwargs=model_kwargs,
             **common,
         )
+        return metrics
+    except tf.errors.UnavailableError as err:
+        if not isinstance(strat, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        raise lost_worker_error(err, worker_timeout, student_backup) from err
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
@@ -378,6 +423,7 @@ def _fit_one(
     dataset,
     splits,
     output,
+    backup_dir,
     teacher,
     distillation,
     epochs,
@@ -400,8 +446,8 @@ def _fit_one(
     from keras_vit.data import eval_dataset, train_dataset
     from keras_vit.models.base import has_distillation_head
     from keras_vit.training import DeiTDistiller
-    from keras_vit.training.callbacks import EpochRNG, ProgressFile
-    from keras_vit.training.strategy import is_chief, prepare_multiworker_fit, task_id
+    from keras_vit.training.callbacks import EpochRNG, ProgressFile, SharedBackup
+    from keras_vit.training.strategy import agree_on_epoch, is_chief, prepare_multiworker_fit
 
     digits = dataset == "digits"
     # a student from a checkpoint (or a linear probe) fine-tunes: DeiT's 30 epochs, not 300
@@ -421,10 +467,10 @@ def _fit_one(
         logger.warning("Several replicas on CPUs: the train step runs without XLA.")
         jit_compile = False
     chief = is_chief()
-    task_type, index = task_id()
-    backup_dir = os.path.join(output, "backup" if chief else f"backup_{task_type}_{index}")
     initial_epoch = min(_backup_metadata_epoch(backup_dir), epochs)
-    os.makedirs(output, exist_ok=True)
+    agree_on_epoch(strat, initial_epoch, backup_dir)  # several workers: the same backup
+    if chief:
+        os.makedirs(output, exist_ok=True)
 
     keras.utils.set_random_seed(seed)  # initial weights and generator seeds of this run
     with strat.scope():
@@ -467,22 +513,23 @@ def _fit_one(
         )
     if isinstance(strat, tf.distribute.MultiWorkerMirroredStrategy):
         prepare_multiworker_fit(distiller, train_ds)  # Keras 3 workarounds, see there
-    callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
-        EpochRNG(seed),
-    ]
+    callbacks = [SharedBackup(backup_dir, writer=chief), EpochRNG(seed)]
     if chief:
         callbacks.append(ProgressFile(os.path.join(output, "progress.json")))
-    history = distiller.fit(
-        train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        initial_epoch=initial_epoch,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
+    with strat.scope():  # (JAX's DataParallel shards the batches of `fit` inside its scope)
+        history = distiller.fit(
+            train_ds,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
     # (with `recipe.ema`, fit ends by writing the averaged weights into the model: evaluated
     # and saved is the EMA model, as DeiT reports it)
+    # Evaluation keeps the last partial batch, so every example counts once: tf.distribute
+    # splits it unevenly across replicas; JAX's DataParallel cannot split a batch its devices
+    # do not divide, so on JAX the (replicated) model evaluates outside the distribution.
     results = distiller.evaluate(
         eval_dataset(splits, prep, batch_size), return_dict=True, verbose=0
     )
@@ -501,8 +548,15 @@ def _fit_one(
         replicas=strat.num_replicas_in_sync,
         train_loss=float(history.history["loss"][-1]) if history.history.get("loss") else None,
     )
-    if chief:  # one writer: the chief (or worker 0); the others keep only their backups
+    if chief:  # one writer: the chief (or worker 0)
         student.save(os.path.join(output, "model.keras"))
         with open(os.path.join(output, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
-    return metrics
+    elif isinstance(strat, tf.distribute.MultiWorkerMirroredStrategy):
+        # saving may run collectives every worker must join: the others save into a
+        # temporary directory of their own, removed at once (TensorFlow's multi-worker guide)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="keras_vit_worker_") as tmp:
+            student.save(os.path.join(tmp, "model.keras"))
+    return metrics, student
