@@ -8,6 +8,7 @@ from keras_vit.attention import attention_rollout, attention_weights, rollout_ma
 from keras_vit.convert.api import convert
 from keras_vit.evaluation import validate
 from keras_vit.export import export_saved_model, export_tflite
+from keras_vit.export_onnx import export_onnx
 from keras_vit.loading import load_weights
 from keras_vit.pretrained import get_pretrained_cfg, list_pretrained
 from keras_vit.registry import create_model, list_models
@@ -22,6 +23,7 @@ __all__ = [
     "attention_weights",
     "convert",
     "create_model",
+    "export_onnx",
     "export_saved_model",
     "export_tflite",
     "get_pretrained_cfg",

@@ -107,6 +107,20 @@ def test_export_tflite_and_savedmodel(files):
     assert (tmp / "sm" / "saved_model.pb").exists()
 
 
+def test_export_onnx_gives_the_models_logits(files):
+    import onnxruntime as ort
+
+    tmp, _, _ = files
+    proc = _cli("export", tmp / "tiny.onnx", "--weights", tmp / "tiny.keras")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and "(onnx)" in proc.stdout
+    model = keras.saving.load_model(tmp / "tiny.keras")
+    images = uint8_images(2, 32, 32, seed=3).astype(np.float32)
+    session = ort.InferenceSession(str(tmp / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"images": images})
+    np.testing.assert_allclose(logits, model.predict_on_batch(images), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize(
     "args,fragments",
     [
@@ -118,6 +132,7 @@ def test_export_tflite_and_savedmodel(files):
         (["predict", "{tmp}/img0.png"], ["--model"]),
         (["export", "{tmp}/x", "--weights", "{tmp}/tiny.keras", "--quantization", "float16"],
          ["--quantization"]),
+        (["export", "{tmp}/x", "--weights", "{tmp}/tiny.keras", "--opset", "15"], ["--opset"]),
         (["attention", "{tmp}/img0.png", "--weights", "{tmp}/tiny.keras", "--output",
           "{tmp}/no/such/dir/a.png"], ["does not exist"]),
     ],

@@ -144,3 +144,18 @@ def test_shift_add_depthwise_equals_keras_depthwise(
             y = tf.function(ours, jit_compile=True)(x).numpy()
     assert y.shape == tuple(ref.compute_output_shape(x.shape))
     np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def test_shift_add_depthwise_without_static_size_falls_back_to_the_convolution():
+    # traced for XLA with an unknown H, W the taps cannot be sliced: the layer must run the
+    # Keras convolution on the unpadded input (padding it first would pad twice)
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).standard_normal((2, 9, 7, 4)).astype(np.float32)
+    ours = layers.ShiftAddDepthwiseConv2D(3, padding="same")
+    ref = keras.layers.DepthwiseConv2D(3, padding="same")
+    ref(x), ours(x)
+    ours.set_weights(ref.get_weights())
+    spec = tf.TensorSpec((None, None, None, 4), tf.float32)
+    y = tf.function(ours, jit_compile=True, input_signature=[spec])(x).numpy()
+    np.testing.assert_allclose(y, keras.ops.convert_to_numpy(ref(x)), atol=1e-5)

@@ -23,16 +23,20 @@ class ShiftAddDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         )
 
     def call(self, x):
-        if not (self._shift_add_supported() and _compiling_with_xla()):
+        static = x.shape[1] is not None and x.shape[2] is not None  # the slices need it
+        if not (static and self._shift_add_supported() and _compiling_with_xla()):
             return super().call(x)
+        if self.padding == "same":  # stride 1, odd or even kernel: Keras pads (k-1)//2 first
+            ph, pw = self.kernel_size[0] - 1, self.kernel_size[1] - 1
+            x = keras.ops.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+        return self.shift_add(x)
+
+    def shift_add(self, x):
+        """The "valid" convolution of `x` (static H, W; zero padding, if any, already in it)
+        as `k * k` shifted multiply-adds, whatever the layer's `padding`."""
         kh, kw = self.kernel_size
         sh, sw = self.strides
-        if self.padding == "same":  # stride 1, odd or even kernel: Keras pads (k-1)//2 first
-            ph, pw = kh - 1, kw - 1
-            x = keras.ops.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
         height, width = x.shape[1], x.shape[2]
-        if height is None or width is None:
-            return super().call(x)  # the slices below need a static size
         out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
         kernel = keras.ops.cast(self.kernel[..., 0], x.dtype)  # (kh, kw, C)
         y = None
