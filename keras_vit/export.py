@@ -120,8 +120,12 @@ def decode_images(image_bytes, transform):
     return transform.batch_from_bytes(image_bytes)
 
 
-def serving_function(model, top_k=TOP_K, class_names=None):
-    """pixels float32 `[N, H, W, 3]` in 0..255 -> the output dict (see the module doc)."""
+def serving_function(model, top_k=TOP_K, class_names=None, jit_compile=False):
+    """pixels float32 `[N, H, W, 3]` in 0..255 -> the output dict (see the module doc).
+
+    `jit_compile`: run the model itself (not the decoding around it) as one XLA cluster,
+    as `predict` does where XLA is the model's path (float32, int8); a SavedModel keeps the
+    cluster, so TF Serving runs it compiled too."""
     import tensorflow as tf
 
     from keras_vit.layers.preprocessing import normalize
@@ -131,12 +135,15 @@ def serving_function(model, top_k=TOP_K, class_names=None):
     num_classes = _num_outputs(model)
     k = min(top_k, num_classes)
     names = None if class_names is None else tf.constant(class_names, tf.string)
+    run_model = lambda x: model(x, training=False)  # noqa: E731
+    if jit_compile:
+        run_model = tf.function(run_model, jit_compile=True)
 
     def forward(pixels):
         x = pixels
         if norm is not None:  # the model takes normalised input: apply its mean/std here
             x = normalize(x, tf.constant(norm[0], tf.float32), tf.constant(norm[1], tf.float32))
-        out = tf.cast(model(x, training=False), tf.float32)  # (N, C)
+        out = tf.cast(run_model(x), tf.float32)  # (N, C), float32 whatever the compute dtype
         if headless:
             return {"features": out}
         probs = tf.nn.softmax(out, axis=-1)
@@ -154,10 +161,10 @@ def serving_function(model, top_k=TOP_K, class_names=None):
     return forward
 
 
-def bytes_function(model, transform=None, top_k=TOP_K, class_names=None):
+def bytes_function(model, transform=None, top_k=TOP_K, class_names=None, jit_compile=False):
     """string `[N]` of encoded images -> the output dict: `serve_image_bytes`, and what
     `keras-vit predict` runs, so both give the same answer."""
-    forward = serving_function(model, top_k, class_names)
+    forward = serving_function(model, top_k, class_names, jit_compile)
     transform = eval_transform(model, transform)
 
     def serve(image_bytes):
@@ -195,8 +202,11 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K, transform=Non
         raise ValueError(f"`top_k` must be a positive int, got {top_k!r}.")
     size = input_size(model)
     names = resolve_class_names(model, class_names)
-    forward = serving_function(model, top_k, names)
-    serve_bytes = bytes_function(model, transform, top_k, names)
+    # the compile path `predict` takes (keras_vit/models/base.py: XLA for float32 and int8,
+    # TensorFlow's oneDNN graph for bfloat16 on a CPU), so the export serves at its speed
+    jit = bool(getattr(model, "jit_compile", False))
+    forward = serving_function(model, top_k, names, jit)
+    serve_bytes = bytes_function(model, transform, top_k, names, jit)
 
     def serve_pixels(images):
         return forward(images)
