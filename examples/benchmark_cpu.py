@@ -46,9 +46,8 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from helpers import randomize_timm_model, structured_pixels  # noqa: E402
-
 import numpy as np  # noqa: E402
+from helpers import randomize_timm_model, structured_pixels  # noqa: E402
 
 import keras_vit  # noqa: E402
 
