@@ -2,6 +2,7 @@
 
 Usage: python examples/benchmark_cpu.py [MODEL ...] [--precisions f32,bf16,int8]
            [--refs timm_f32,timm_bf16,ort_f32,ort_int8] [--batch 8] [--rounds 7] [--savedmodel]
+           [--tflite]
 
 Every column runs the same network: a timm model with every parameter randomised
 (tests/helpers.py: randomize_timm_model), its weights loaded into keras_vit. Columns:
@@ -23,6 +24,11 @@ FLOPs, counted by torch's FlopCounterMode, times images/s).
 Accuracy of the reduced-precision columns, on structured images (a random low-frequency
 pattern, so different images get different logits): the correlation of all logits with the
 float32 model's (keras_vit f32 for ours, timm f32 for timm/ORT) and top-1 agreement.
+
+`--tflite` also exports DeiT-Ti and the MobileViTs given (random keras_vit weights) to TFLite
+float32 and full-integer int8 (calibrated on 100 built-in digits), and times the TFLite
+interpreter on one image (its on-device batch), interleaved, with the int8 file's top-1
+agreement and logits correlation with float32 on 200 held-out digits.
 
 `--savedmodel` also exports the keras_vit bf16 and int8 models with `export_saved_model` and
 times their `serving_default` in a second process where keras cannot be imported (what TF
@@ -250,6 +256,37 @@ def savedmodel_vs_predict(model, pixels, rounds, workdir, tag):
     return statistics.median(ours), statistics.median(theirs), diff
 
 
+# --- TFLite float32 vs full-integer int8 ------------------------------------------------------
+def tflite_float_vs_int8(name, rounds, workdir, held_out=200):
+    """(float32 img/s, int8 img/s, top-1 agreement, logits correlation) of TFLite files."""
+    import tensorflow as tf
+
+    from keras_vit.export import calibration_digits, export_tflite, select_ops
+
+    model = keras_vit.create_model(name)
+    rng = np.random.default_rng(0)
+    for v in model.weights:  # off the init: tokens at 1e-6 make every image look alike
+        v.assign((np.asarray(v) + 0.05 * rng.standard_normal(v.shape)).astype(v.dtype))
+    size = image_size(name)
+    runners = {}
+    for quantization in (None, "int8"):
+        path = export_tflite(
+            model, os.path.join(workdir, f"{name}.{quantization}.tflite"), quantization=quantization
+        )
+        assert select_ops(path) == [], select_ops(path)
+        interpreter = tf.lite.Interpreter(model_path=path, num_threads=torch.get_num_threads())
+        runners[quantization or "f32"] = interpreter.get_signature_runner("serving_default")
+    images = calibration_digits(size, held_out, offset=1000)
+    logits = {
+        k: np.concatenate([run(images=images[i : i + 1])["logits"] for i in range(held_out)])
+        for k, run in runners.items()
+    }
+    corr, top1 = agreement(logits["int8"], logits["f32"])
+    steps = {k: (lambda r=run: r(images=images[:1])) for k, run in runners.items()}
+    seconds = interleaved(steps, rounds * 5)
+    return 1 / seconds["f32"], 1 / seconds["int8"], top1, corr
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=DEFAULT_MODELS)
@@ -258,6 +295,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--savedmodel", action="store_true")
+    parser.add_argument("--tflite", action="store_true")
     args = parser.parse_args()
     precisions = [p for p in args.precisions.split(",") if p]
     refs = [r for r in args.refs.split(",") if r]
@@ -324,6 +362,17 @@ def main():
     if saved_lines:
         print("\nSavedModel (keras-free process) vs predict_on_batch, alternating:")
         print("\n".join(saved_lines))
+    if args.tflite:
+        print("\nTFLite interpreter, batch 1: float32 vs full-integer int8 (digits calibration)")
+        names = ["deit_tiny_patch16_224"] + [m for m in args.models if m.startswith("mobilevit")]
+        with tempfile.TemporaryDirectory() as workdir:
+            for name in names:
+                f32, int8, top1, corr = tflite_float_vs_int8(name, args.rounds, workdir)
+                print(
+                    f"{name:30s} float32 {f32:7.2f} int8 {int8:7.2f} img/s ({int8 / f32:.2f}x); "
+                    f"int8 vs float32 on 200 held-out digits: top-1 {top1:.3f}, corr {corr:.4f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
