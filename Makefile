@@ -31,7 +31,7 @@ parity: $(STAMP)
 # keras_vit float32 / bf16 / int8 beside timm float32 / bf16 and ONNX Runtime float32 / int8,
 # every family, one process, interleaved; then the SavedModel of the bf16/int8 models served
 # in a keras-free process. BENCH_ARGS selects, e.g. BENCH_ARGS="mobilevit_s --precisions bf16"
-BENCH_ARGS ?= --savedmodel
+BENCH_ARGS ?= --savedmodel --tflite
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) examples/benchmark_cpu.py $(BENCH_ARGS)
