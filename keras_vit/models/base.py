@@ -47,13 +47,12 @@ class XLAByDefault:
                 return model_supports_jit(self)
         return super()._resolve_auto_jit_compile()
 
-    def compile(self, *args, jit_compile="auto", **kwargs):
-        self._jit_compile_is_auto = jit_compile == "auto"
-        return super().compile(*args, jit_compile=jit_compile, **kwargs)
-
     def _reresolve_auto_jit_compile(self):
-        """After `quantize`: "auto" chooses again for the new dtype (Keras keeps its choice)."""
-        if getattr(self, "_jit_compile_is_auto", True) and not getattr(self, "run_eagerly", False):
+        """After `quantize` of an uncompiled model: "auto" chooses again for the new dtype
+        (Keras would keep the float32 choice). A compiled model keeps its compile's path;
+        `compile()` again to re-choose. (Overriding `compile` to remember "auto" would stop
+        Keras from restoring the compile config of a `.keras` file.)"""
+        if not self.compiled:
             self._jit_compile = None  # `jit_compile` resolves it on next use
 
     def distribute_strategy_is_set(self):
