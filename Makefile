@@ -28,8 +28,13 @@ test: lint
 parity: $(STAMP)
 	$(PY) -m pytest -q -m slow --figures
 
+# keras_vit float32 / bf16 / int8 beside timm float32 / bf16 and ONNX Runtime float32 / int8,
+# every family, one process, interleaved; then the SavedModel of the bf16/int8 models served
+# in a keras-free process. BENCH_ARGS selects, e.g. BENCH_ARGS="mobilevit_s --precisions bf16"
+BENCH_ARGS ?= --savedmodel --tflite
 bench: $(STAMP)
-	$(PY) examples/benchmark_cpu.py
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) examples/benchmark_cpu.py $(BENCH_ARGS)
 
 # The figures the README quotes: parity (every family, formats, SE layer, mutants) as the
 # passing tests measure them, then SavedModel/TFLite vs Keras (examples/export_report.py).

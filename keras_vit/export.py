@@ -29,7 +29,8 @@ import os
 import tempfile
 
 TOP_K = 5
-QUANTIZATIONS = (None, "dynamic", "float16")
+QUANTIZATIONS = (None, "dynamic", "float16", "int8")
+CALIBRATION_IMAGES = 100  # digits for the full-integer calibration when none are given
 
 
 # --- what the model is: input size, normalisation, class names -----------------------------
@@ -120,8 +121,12 @@ def decode_images(image_bytes, transform):
     return transform.batch_from_bytes(image_bytes)
 
 
-def serving_function(model, top_k=TOP_K, class_names=None):
-    """pixels float32 `[N, H, W, 3]` in 0..255 -> the output dict (see the module doc)."""
+def serving_function(model, top_k=TOP_K, class_names=None, jit_compile=False):
+    """pixels float32 `[N, H, W, 3]` in 0..255 -> the output dict (see the module doc).
+
+    `jit_compile`: run the model itself (not the decoding around it) as one XLA cluster,
+    as `predict` does where XLA is the model's path (float32, int8); a SavedModel keeps the
+    cluster, so TF Serving runs it compiled too."""
     import tensorflow as tf
 
     from keras_vit.layers.preprocessing import normalize
@@ -131,12 +136,15 @@ def serving_function(model, top_k=TOP_K, class_names=None):
     num_classes = _num_outputs(model)
     k = min(top_k, num_classes)
     names = None if class_names is None else tf.constant(class_names, tf.string)
+    run_model = lambda x: model(x, training=False)  # noqa: E731
+    if jit_compile:
+        run_model = tf.function(run_model, jit_compile=True)
 
     def forward(pixels):
         x = pixels
         if norm is not None:  # the model takes normalised input: apply its mean/std here
             x = normalize(x, tf.constant(norm[0], tf.float32), tf.constant(norm[1], tf.float32))
-        out = tf.cast(model(x, training=False), tf.float32)  # (N, C)
+        out = tf.cast(run_model(x), tf.float32)  # (N, C), float32 whatever the compute dtype
         if headless:
             return {"features": out}
         probs = tf.nn.softmax(out, axis=-1)
@@ -154,10 +162,10 @@ def serving_function(model, top_k=TOP_K, class_names=None):
     return forward
 
 
-def bytes_function(model, transform=None, top_k=TOP_K, class_names=None):
+def bytes_function(model, transform=None, top_k=TOP_K, class_names=None, jit_compile=False):
     """string `[N]` of encoded images -> the output dict: `serve_image_bytes`, and what
     `keras-vit predict` runs, so both give the same answer."""
-    forward = serving_function(model, top_k, class_names)
+    forward = serving_function(model, top_k, class_names, jit_compile)
     transform = eval_transform(model, transform)
 
     def serve(image_bytes):
@@ -195,8 +203,11 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K, transform=Non
         raise ValueError(f"`top_k` must be a positive int, got {top_k!r}.")
     size = input_size(model)
     names = resolve_class_names(model, class_names)
-    forward = serving_function(model, top_k, names)
-    serve_bytes = bytes_function(model, transform, top_k, names)
+    # the compile path `predict` takes (keras_vit/models/base.py: XLA for float32 and int8,
+    # TensorFlow's oneDNN graph for bfloat16 on a CPU), so the export serves at its speed
+    jit = bool(getattr(model, "jit_compile", False))
+    forward = serving_function(model, top_k, names, jit)
+    serve_bytes = bytes_function(model, transform, top_k, names, jit)
 
     def serve_pixels(images):
         return forward(images)
@@ -221,7 +232,36 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K, transform=Non
 
 
 # --- TFLite --------------------------------------------------------------------------------
-def export_tflite(model, path, quantization=None, batch_size=1):
+def calibration_digits(size, count=CALIBRATION_IMAGES, offset=0):
+    """`count` of the built-in digits from `offset`, upscaled (bilinear) to `size` `(H, W)`:
+    float32 `(count, H, W, 3)` in 0..255, for full-integer calibration without user data."""
+    import tensorflow as tf
+
+    from keras_vit.data.digits import load_digits_arrays
+
+    images, _ = load_digits_arrays()
+    if not 0 < count <= len(images) - offset:
+        raise ValueError(f"`count` must be in 1..{len(images) - offset}, got {count!r}.")
+    chosen = images[offset : offset + count]
+    return tf.image.resize(chosen, size, method="bilinear").numpy().astype("float32")
+
+
+def _calibration_set(calibration_images, size):
+    """User images `(N, H, W, 3)` 0..255 (checked) or the built-in digits."""
+    import numpy as np
+
+    if calibration_images is None:
+        return calibration_digits(size)
+    images = np.asarray(calibration_images, np.float32)
+    if images.ndim != 4 or tuple(images.shape[1:]) != (*size, 3) or len(images) == 0:
+        raise ValueError(
+            f"`calibration_images` must be a non-empty (N, {size[0]}, {size[1]}, 3) array of "
+            f"0..255 pixels, got shape {images.shape}."
+        )
+    return images
+
+
+def export_tflite(model, path, quantization=None, batch_size=1, calibration_images=None):
     """Write `model` as a TFLite flatbuffer with builtin ops only (no SELECT_TF_OPS / Flex).
 
     The signature `serving_default` takes `images` float32 `[batch_size, H, W, 3]` in 0..255
@@ -229,9 +269,14 @@ def export_tflite(model, path, quantization=None, batch_size=1):
     (`features` for a headless model).
 
     Args:
-        quantization: None (float32 weights), "dynamic" (int8 weights, float activations) or
-            "float16" (float16 weights).
+        quantization: None (float32 weights), "dynamic" (int8 weights, float activations),
+            "float16" (float16 weights) or "int8" (full-integer post-training quantization:
+            int8 weights and activations, every op an int8 builtin, float32 input and output
+            through QUANTIZE / DEQUANTIZE at the edges).
         batch_size: static batch of the flatbuffer (1 for on-device use; None: dynamic).
+        calibration_images: for "int8", the representative data set: `(N, H, W, 3)` pixels in
+            0..255 (a few hundred images of the deployment's kind); default: 100 of the
+            built-in digits (`calibration_digits`).
     Returns: `path`.
     """
     import keras
@@ -244,6 +289,7 @@ def export_tflite(model, path, quantization=None, batch_size=1):
             f"TFLite export needs the TensorFlow backend, got {keras.backend.backend()!r}."
         )
     size = input_size(model)
+    calibration = _calibration_set(calibration_images, size) if quantization == "int8" else None
     forward = serving_function(model, 1, None)
 
     def serve(images):
@@ -270,6 +316,17 @@ def export_tflite(model, path, quantization=None, batch_size=1):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantization == "float16":
             converter.target_spec.supported_types = [tf.float16]
+        if quantization == "int8":
+            # int8 kernels only: a float op left over fails the conversion instead of
+            # running as float in the middle of the model
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            batch = batch_size or 1
+
+            def representative_dataset():
+                for start in range(0, len(calibration) - batch + 1, batch):
+                    yield [calibration[start : start + batch]]
+
+            converter.representative_dataset = representative_dataset
         flatbuffer = converter.convert()
     with open(path, "wb") as f:
         f.write(flatbuffer)

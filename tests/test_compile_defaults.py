@@ -1,4 +1,5 @@
-"""Models default to XLA on TF/JAX (Keras's "auto" would turn it off on CPU), same numbers."""
+"""Models default to XLA on TF/JAX (Keras's "auto" would turn it off on CPU), same numbers;
+bfloat16 models on a TF CPU take the oneDNN graph and round-trip through `.keras` as bf16."""
 
 import keras
 import numpy as np
@@ -26,3 +27,37 @@ def test_auto_keeps_keras_choice_under_a_strategy():
         model = keras_vit.create_model("vit_tiny_patch16_224", depth=1, image_size=32)
         model.compile(optimizer="sgd", loss="mse")
     assert model.jit_compile is False  # XLA + MirroredStrategy fails on logical CPU replicas
+
+
+def test_bfloat16_takes_the_onednn_graph_on_cpu_and_keeps_its_dtype(tmp_path):
+    """bf16 on a TF CPU: TensorFlow's graph (oneDNN's bf16 kernels; XLA on CPU runs bf16 below
+    its float32 speed), whichever way the dtype is asked; the model records its policy, so a
+    `.keras` file reloads bf16 with identical outputs; logits close to float32."""
+    import tensorflow as tf
+
+    assert keras.backend.backend() == "tensorflow" and not tf.config.list_logical_devices("GPU")
+    kw = dict(depth=2, image_size=64, num_classes=10)
+    reference = keras_vit.create_model("vit_tiny_patch16_224", **kw)
+    images = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    expected = reference.predict_on_batch(images)
+    for dtype in ("bfloat16", "mixed_bfloat16"):
+        model = keras_vit.create_model("vit_tiny_patch16_224", dtype=dtype, **kw)
+        model.set_weights(reference.get_weights())
+        assert model.dtype_policy.name == dtype
+        assert model.jit_compile is False, dtype
+        out = np.asarray(model.predict_on_batch(images), np.float32)
+        corr = np.corrcoef(out.ravel(), expected.ravel())[0, 1]
+        assert corr > 0.99 and not np.array_equal(out, expected), (dtype, corr)
+        path = tmp_path / f"{dtype}.keras"
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+        assert loaded.dtype_policy.name == dtype
+        assert loaded.get_layer("blocks_0").compute_dtype == "bfloat16"
+        np.testing.assert_array_equal(np.asarray(loaded.predict_on_batch(images), np.float32), out)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = keras_vit.create_model("vit_tiny_patch16_224", **kw)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert model.dtype_policy.name == "mixed_bfloat16" and model.jit_compile is False

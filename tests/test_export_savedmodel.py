@@ -347,3 +347,66 @@ def test_image_bytes_equal_timm_pipeline_full_size(tmp_path, checkpoint):
     print(f"{checkpoint} (full size): max |logit diff| {diff:.2e}")
     assert diff <= E2E_ATOL, diff
     np.testing.assert_array_equal(ours, theirs)
+
+
+# Reduced precision: bf16 (TF's oneDNN graph) and int8 (XLA) models export on the compile path
+# their `predict` takes, and serve in the keras-free process with float32 logits equal to
+# `predict_on_batch` on the same batch (int8 quantizes activations per batch: batch by batch).
+PRECISIONS = {"bf16": dict(dtype="bfloat16"), "int8": {}}
+
+
+@pytest.fixture(scope="module")
+def served_reduced(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("savedmodel_reduced")
+    images = uint8_images(7, SIZE, SIZE, seed=4)
+    np.savez(tmp / "images.npz", images=images)
+    pngs = []
+    for i, image in enumerate(images[:7]):
+        pngs.append(str(tmp / f"{i}.png"))
+        Image.fromarray(image).save(pngs[-1])
+    refs, exports = {}, {}
+    for precision, kwargs in PRECISIONS.items():
+        model = keras_vit.create_model(MODELS[0], image_size=SIZE, depth=2, **kwargs)
+        randomize_keras_model(model, seed=11)
+        if precision == "int8":
+            model.quantize("int8")
+        pixels = images.astype(np.float32)
+        for batch in (1, 7):
+            refs[f"{precision}/{batch}"] = np.asarray(model.predict_on_batch(pixels[:batch]))
+        refs[f"{precision}/jit"] = model.jit_compile
+        exports[precision] = str(tmp / precision)
+        export_saved_model(model, exports[precision])
+    job = dict(
+        exports=exports,
+        images=str(tmp / "images.npz"),
+        pngs=pngs,
+        results=str(tmp / "results.npz"),
+        report=str(tmp / "report.json"),
+    )
+    (tmp / "job.json").write_text(json.dumps(job))
+    (tmp / "serve.py").write_text(SERVE_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(tmp / "serve.py"), str(tmp / "job.json")],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp / "report.json").read_text())
+    return refs, dict(np.load(job["results"])), report
+
+
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_reduced_precision_serves_what_predict_gives(served_reduced, precision):
+    refs, results, report = served_reduced
+    assert report["keras_loaded"] == []
+    assert refs[f"{precision}/jit"] is (precision == "int8")  # bf16: oneDNN graph on a CPU
+    assert_discriminative(refs[f"{precision}/7"].astype(np.float32))
+    for batch in (1, 7):
+        ref = refs[f"{precision}/{batch}"]
+        out = results[f"{precision}/pixels{batch}/logits"]
+        assert out.dtype == np.float32 and ref.dtype == np.dtype(
+            "float32" if precision == "int8" else "bfloat16"
+        )
+        np.testing.assert_allclose(out, ref.astype(np.float32), atol=ATOL, rtol=0)

@@ -1,6 +1,7 @@
 import keras
 
 from keras_vit.layers._validation import positive_int, rate
+from keras_vit.layers.flat_tokens import apply_flat
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -46,7 +47,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def call(self, x, training=None, return_attention_scores=False):
         batch, tokens = keras.ops.shape(x)[0], keras.ops.shape(x)[1]
-        qkv = self.qkv(x)  # (B, N, 3D)
+        qkv = apply_flat(self.qkv, x)  # (B, N, 3D), one 2-D matmul + bias (see flat_tokens)
         qkv = keras.ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self.head_dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, N, heads, head_dim)
         use_dropout = training and self.attn_drop > 0
@@ -58,7 +59,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             attn = None
             out = keras.ops.dot_product_attention(q, k, v, scale=self.scale)  # (B, N, heads, hd)
         out = keras.ops.reshape(out, (batch, tokens, self.dim))  # (B, N, D)
-        out = self.proj_dropout(self.proj(out), training=training)
+        out = self.proj_dropout(apply_flat(self.proj, out), training=training)
         return (out, attn) if return_attention_scores else out
 
     def compute_output_shape(self, input_shape):

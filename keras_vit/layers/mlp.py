@@ -1,6 +1,7 @@
 import keras
 
 from keras_vit.layers._validation import positive_int, rate
+from keras_vit.layers.flat_tokens import apply_flat
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -38,6 +39,12 @@ class Mlp(keras.layers.Layer):
         return keras.layers.Dense(units, name=name, dtype=self.dtype_policy)
 
     def call(self, x, training=None):
+        if self.use_conv:
+            x = self.dropout(self._act(self.fc1(x)), training=training)
+            return self.dropout(self.fc2(x), training=training)
+        return apply_flat(self._forward, x, training=training)
+
+    def _forward(self, x, training=None):  # (M, C) -> (M, out)
         x = self.dropout(self._act(self.fc1(x)), training=training)
         return self.dropout(self.fc2(x), training=training)
 

@@ -1,6 +1,7 @@
-"""What every keras_vit model shares beyond `keras.Model`: XLA by default, the training
-contract (weight-decay exclusions, block index of every variable, the classifier heads) that
-optimisers, recipes and the distiller ask instead of matching variable names."""
+"""What every keras_vit model shares beyond `keras.Model`: the compile path chosen by device
+and dtype, the training contract (weight-decay exclusions, block index of every variable, the
+classifier heads) that optimisers, recipes and the distiller ask instead of matching
+variable names."""
 
 import keras
 
@@ -17,13 +18,20 @@ class Views:
 
 class XLAByDefault:
     """Mixin: `jit_compile="auto"` (the default of `compile`, and of an uncompiled model's
-    `predict`) means XLA on the TensorFlow and JAX backends, CPU included.
+    `predict`) picks the compile path per backend, device and dtype, as measured
+    (examples/benchmark_cpu.py):
 
-    Keras's own "auto" turns XLA off on CPU-only TensorFlow; these models compile cleanly there
-    and run about 25% faster with it (ViT-S/16, batch 8). Under a `tf.distribute` strategy
-    "auto" stays Keras's (off): XLA with MirroredStrategy fails on logical CPU replicas, and
-    TPUStrategy compiles through XLA anyway. An explicit `jit_compile=` always wins; the torch
-    backend keeps eager.
+    - float32 and int8 (`model.quantize("int8")`) on TensorFlow: XLA, CPU included. Keras's
+      own "auto" turns XLA off on CPU-only TensorFlow; these models compile cleanly there and
+      run about 25% faster with it (ViT-S/16, batch 8), and int8 seven times faster (TF's
+      graph runs the int8 matmuls without oneDNN).
+    - a bfloat16 compute dtype (`dtype="bfloat16"`, `"mixed_bfloat16"`, or
+      `keras.config.set_dtype_policy`) on a TensorFlow CPU: TensorFlow's graph, where
+      oneDNN runs the matmuls on the CPU's bf16 units (AMX, AVX512-BF16) with bias and GELU
+      fused; XLA on CPU runs bf16 at below its float32 speed.
+    - JAX: XLA always. Under a `tf.distribute` strategy "auto" stays Keras's (off): XLA with
+      MirroredStrategy fails on logical CPU replicas, and TPUStrategy compiles through XLA
+      anyway. An explicit `jit_compile=` always wins; the torch backend keeps eager.
     """
 
     def _resolve_auto_jit_compile(self):  # Keras's hook behind jit_compile="auto"
@@ -34,14 +42,30 @@ class XLAByDefault:
             import tensorflow as tf
 
             if not (tf.distribute.has_strategy() or self.distribute_strategy_is_set()):
+                if self.dtype_policy.compute_dtype == "bfloat16" and not _has_accelerator():
+                    return False
                 return model_supports_jit(self)
         return super()._resolve_auto_jit_compile()
+
+    def _reresolve_auto_jit_compile(self):
+        """After `quantize` of an uncompiled model: "auto" chooses again for the new dtype
+        (Keras would keep the float32 choice). A compiled model keeps its compile's path;
+        `compile()` again to re-choose. (Overriding `compile` to remember "auto" would stop
+        Keras from restoring the compile config of a `.keras` file.)"""
+        if not self.compiled:
+            self._jit_compile = None  # `jit_compile` resolves it on next use
 
     def distribute_strategy_is_set(self):
         """True when the model was created under a `tf.distribute` strategy scope."""
         import tensorflow as tf
 
         return self.distribute_strategy is not tf.distribute.get_strategy()
+
+
+def _has_accelerator():
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
 class KerasViTModel(XLAByDefault, keras.Model):
@@ -58,6 +82,13 @@ class KerasViTModel(XLAByDefault, keras.Model):
 
     # layers whose variables get no weight decay whatever their rank (timm's no_weight_decay)
     no_weight_decay_layers = ()
+
+    def __init__(self, *args, dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A functional model ignores `dtype` (its layers get it from the family's builder):
+        # keep it, so that `get_config` saves it and the compile path sees a bf16 model.
+        if dtype is not None:
+            self.dtype_policy = dtype
 
     # --- input validation ---
     # A functional model only warns on a mismatched shape, and a grayscale batch broadcasts
@@ -130,6 +161,7 @@ class KerasViTModel(XLAByDefault, keras.Model):
         quantized model loads (rebuilt, quantized with the mode's default config, then its
         int8 kernels and scales loaded). A selective one (`filters=`) is not recorded."""
         super().quantize(mode, config=config, filters=filters, **kwargs)
+        self._reresolve_auto_jit_compile()
         if filters is None:
             # Keras's wrapper resolves `mode` from `config` before calling this
             self._quantization_mode = mode if mode is not None else config.mode
