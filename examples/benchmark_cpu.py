@@ -1,7 +1,7 @@
 """CPU inference at float32 / bfloat16 / int8: keras_vit beside timm and ONNX Runtime, one process.
 
 Usage: python examples/benchmark_cpu.py [MODEL ...] [--precisions f32,bf16,int8]
-           [--refs timm_f32,timm_bf16,ort_f32,ort_int8] [--batch 8] [--rounds 7] [--savedmodel]
+           [--refs timm_f32,timm_bf16,ort_f32,ort_int8,keras_onnx] [--batch 8] [--rounds 7] [--savedmodel]
            [--tflite]
 
 Every column runs the same network: a timm model with every parameter randomised
@@ -13,7 +13,9 @@ Every column runs the same network: a timm model with every parameter randomised
 - timm f32: eager in `torch.inference_mode()`; timm bf16: the same under
   `torch.autocast("cpu", dtype=torch.bfloat16)`;
 - ORT f32 / int8: the timm model through `torch.onnx.export`, then ONNX Runtime; int8 is
-  `onnxruntime.quantization.quantize_dynamic` (int8 weights, dynamic int8 activations).
+  `onnxruntime.quantization.quantize_dynamic` (int8 weights, dynamic int8 activations);
+- keras_onnx: our float32 model through `keras_vit.export_onnx`, then ONNX Runtime (what a
+  user serving our export with ONNX Runtime gets).
 
 Timing: everything is built and warmed up first, then `--rounds` rounds, each running every
 column once on the same batch (interleaved, so a noisy neighbour slows all columns alike);
@@ -67,7 +69,7 @@ DEFAULT_MODELS = [
     "vit_small_patch14_reg4_dinov2",
 ]
 PRECISIONS = ("f32", "bf16", "int8")
-REFS = ("timm_f32", "timm_bf16", "ort_f32", "ort_int8")
+REFS = ("timm_f32", "timm_bf16", "ort_f32", "ort_int8", "keras_onnx")
 CPU_FLAGS = ("amx_bf16", "avx512_bf16", "amx_int8", "avx512_vnni")
 
 
@@ -137,7 +139,7 @@ def build_columns(name, ref, pixels, precisions, refs, workdir):
         columns["timm_f32"] = (lambda: timm_step(False), None)
     if "timm_bf16" in refs:
         columns["timm_bf16"] = (lambda: timm_step(True), None)
-    if any(r.startswith("ort") for r in refs):
+    if any(r.startswith("ort") or r == "keras_onnx" for r in refs):
         import onnxruntime as ort
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -152,11 +154,21 @@ def build_columns(name, ref, pixels, precisions, refs, workdir):
         if "ort_int8" in refs:
             paths["ort_int8"] = os.path.join(workdir, f"{name}.int8.onnx")
             quantize_dynamic(f32_path, paths["ort_int8"], weight_type=QuantType.QInt8)
-        feed = {"x": x.numpy()}
+        feeds = {"ort_f32": {"x": x.numpy()}}
+        feeds["ort_int8"] = feeds["ort_f32"]
+        if "keras_onnx" in refs:
+            ours = keras_vit.create_model(name)
+            keras_vit.load_weights(ours, state)
+            paths["keras_onnx"] = keras_vit.export_onnx(
+                ours, os.path.join(workdir, f"{name}.keras_vit.onnx")
+            )
+            feeds["keras_onnx"] = {"images": pixels}
+            del ours
         for column, path in paths.items():
             if column in refs:
                 session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-                columns[column] = (lambda s=session: s.run(None, feed)[0], None)
+                feed = feeds[column]
+                columns[column] = (lambda s=session, f=feed: s.run(None, f)[0], None)
     return columns
 
 
@@ -335,12 +347,13 @@ def main():
             )
             for column, out in outputs.items():
                 base = "keras_f32" if column.startswith("keras") else "timm_f32"
-                if column != base and base in outputs and not column.endswith("f32"):
+                reduced = not column.endswith("f32") and column != "keras_onnx"
+                if column != base and base in outputs and reduced:
                     corr, top1 = agreement(out, outputs[base])
                     accuracy_lines.append(
                         f"{name:30s} {column:10s} corr {corr:.5f} top-1 {top1:.3f}"
                     )
-            for column in ("keras_f32", "timm_f32", "ort_f32"):
+            for column in ("keras_f32", "timm_f32", "ort_f32", "keras_onnx"):
                 if column in rates:
                     share = gflops * rates[column] / f32_rate
                     share_lines.append(f"{name:30s} {column:10s} {share:6.1%} of the f32 rate")
