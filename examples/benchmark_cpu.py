@@ -17,9 +17,10 @@ Every column runs the same network: a timm model with every parameter randomised
 - keras_onnx: our float32 model through `keras_vit.export_onnx`, then ONNX Runtime (what a
   user serving our export with ONNX Runtime gets).
 
-Timing: everything is built and warmed up first, then `--rounds` rounds, each running every
-column once on the same batch (interleaved, so a noisy neighbour slows all columns alike);
-the median batch time gives images/s. The machine's float32 rate (TensorFlow's 4096^3 matmul,
+Timing: everything is built and warmed up first, then `--rounds` rounds on the same batch;
+in each round every column has a slot: a 0.2 s pause (so the previous engine's spinning
+worker threads park), then about 0.5 s of back-to-back calls (interleaved, so a noisy
+neighbour slows all columns alike). The median time per call gives images/s. The machine's float32 rate (TensorFlow's 4096^3 matmul,
 GFLOP/s) is printed first, and each float32 column's share of it (the model's matmul/conv
 FLOPs, counted by torch's FlopCounterMode, times images/s).
 
@@ -179,14 +180,29 @@ def model_gflops(ref, x):
     return counter.get_total_flops() / 1e9
 
 
-def interleaved(steps, rounds):
-    """{column: median seconds per call}, every column once per round."""
+def interleaved(steps, rounds, slot_seconds=0.5, settle_seconds=0.2):
+    """{column: median seconds per call}: every column once per round, each in its own slot.
+
+    A slot is a pause of `settle_seconds`, then the column run back-to-back for about
+    `slot_seconds` (at least once), timed as a whole: what a serving process running one
+    engine sees. Why not one call per column per round: each engine's worker threads spin for
+    a while after a call (ONNX Runtime's intra-op pool, torch's OpenMP, TensorFlow's Eigen
+    pool) and, on few cores, that spinning is charged to whichever column runs next; the pause
+    lets them park. Rounds still alternate the columns, so a noisy neighbour slows all alike.
+    """
+    calls = {}
+    for key, step in steps.items():  # calls per slot, from one timed call
+        t = time.perf_counter()
+        step()
+        calls[key] = max(1, round(slot_seconds / (time.perf_counter() - t)))
     times = {k: [] for k in steps}
     for _ in range(rounds):
         for key, step in steps.items():
+            time.sleep(settle_seconds)
             t = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - t)
+            for _ in range(calls[key]):
+                step()
+            times[key].append((time.perf_counter() - t) / calls[key])
     return {k: statistics.median(v) for k, v in times.items()}
 
 
