@@ -10,8 +10,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     `qkv` (D -> 3D) lays its output out as `(3, heads, head_dim)`, the order of timm's
     checkpoints, so its weights load without reordering. Inference goes through
-    `keras.ops.dot_product_attention` (fused where the backend has a kernel); the explicit
-    softmax path runs only when attention dropout is active or the weights are asked for.
+    `keras.ops.dot_product_attention` (fused where the backend has a kernel; on TensorFlow
+    two batched matmuls, see tf_attention.py); the explicit softmax path runs only when
+    attention dropout is active or the weights are asked for.
     """
 
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, **kwargs):
@@ -57,7 +58,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             out = keras.ops.einsum("bhqk,bkhd->bqhd", keras.ops.cast(dropped, v.dtype), v)
         else:
             attn = None
-            out = keras.ops.dot_product_attention(q, k, v, scale=self.scale)  # (B, N, heads, hd)
+            out = _attend(q, k, v, self.scale)  # (B, N, heads, hd)
         out = keras.ops.reshape(out, (batch, tokens, self.dim))  # (B, N, D)
         out = self.proj_dropout(apply_flat(self.proj, out), training=training)
         return (out, attn) if return_attention_scores else out
@@ -74,3 +75,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             "attn_drop": self.attn_drop,
             "proj_drop": self.proj_drop,
         }
+
+
+def _attend(q, k, v, scale):
+    """Softmax attention of q, k, v `(B, N, heads, head_dim)`, the backend's fastest way."""
+    if keras.backend.backend() == "tensorflow":
+        from keras_vit.layers.tf_attention import matmul_attention
+
+        return matmul_attention(q, k, v, scale)
+    return keras.ops.dot_product_attention(q, k, v, scale=scale)
