@@ -18,7 +18,7 @@ from keras_vit.layers import (
     resample_patch_embed,
 )
 from keras_vit.layers._validation import non_negative_int, pair, rate
-from keras_vit.models.base import KerasViTModel, Views
+from keras_vit.models.base import KerasViTModel, Views, classifier_dtype
 from keras_vit.registry import register_variants
 
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
@@ -194,7 +194,7 @@ class VisionTransformer(KerasViTModel):
                 x = keras.layers.LayerNormalization(epsilon=1e-6, name="fc_norm", dtype=dtype)(x)
             x = keras.layers.Dropout(drop_rate, name="head_drop", dtype=dtype)(x)
             if num_classes:
-                x = keras.layers.Dense(num_classes, name="head", dtype=dtype)(x)
+                x = keras.layers.Dense(num_classes, name="head", dtype=classifier_dtype(dtype))(x)
             outputs, heads = x, {}
         super().__init__(inputs=images, outputs=outputs, name=name, dtype=dtype, **kwargs)
 
@@ -437,11 +437,12 @@ def _distilled_head(tokens, num_classes, drop_rate, dtype):
     drop = keras.layers.Dropout(drop_rate, name="head_drop", dtype=dtype)
     x_cls = drop(tokens[:, 0])  # (B, D)
     x_dist = drop(tokens[:, 1])  # (B, D)
+    head_dtype = classifier_dtype(dtype)
     if num_classes:
-        x_cls = keras.layers.Dense(num_classes, name="head", dtype=dtype)(x_cls)
-        x_dist = keras.layers.Dense(num_classes, name="head_dist", dtype=dtype)(x_dist)
+        x_cls = keras.layers.Dense(num_classes, name="head", dtype=head_dtype)(x_cls)
+        x_dist = keras.layers.Dense(num_classes, name="head_dist", dtype=head_dtype)(x_dist)
     # (a + b) / 2 in that order, as timm (Average sums then divides by the count)
-    outputs = keras.layers.Average(name="head_average", dtype=dtype)([x_cls, x_dist])
+    outputs = keras.layers.Average(name="head_average", dtype=head_dtype)([x_cls, x_dist])
     return outputs, {"cls_logits": x_cls, "dist_logits": x_dist}
 
 
