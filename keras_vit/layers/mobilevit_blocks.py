@@ -127,7 +127,9 @@ class ConvNormAct(keras.layers.Layer):
         if self._explicit_pad:
             p = self._explicit_pad
             x = keras.ops.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))  # (B, H + 2p, W + 2p, C)
-        if training and self.bn.trainable:  # batch statistics, moving averages updated
+        # batch statistics (moving averages updated), or a conv whose kernel is not a float
+        # tensor to fold into (a quantized conv: Keras 3.15 quantizes none, a later one may)
+        if (training and self.bn.trainable) or self.conv.quantization_mode is not None:
             x = self.bn(self.conv(x), training=training)
             return x if self._act is None else self._act(x)
         # Inference: BatchNorm folded into the conv (as ONNX Runtime and TFLite do), so one
