@@ -1,8 +1,8 @@
-"""`ConvNormAct` at inference folds BatchNorm into its conv (kernel * s, bias beta - mean * s,
-s = gamma / sqrt(var + eps)): the folded path must equal conv -> BN -> activation to float32
-rounding on every path it takes (eager keras.ops, TensorFlow's graph with the fused tf.nn ops,
-XLA with the depthwise shift-adds, and JAX), and training must still normalise with the batch
-statistics and update BN's moving averages."""
+"""`ConvNormAct` at inference on TensorFlow's graph (and eager) folds BatchNorm into its conv
+(kernel * s, bias beta - mean * s, s = gamma / sqrt(var + eps)); under XLA (and so on JAX) it
+keeps conv -> BN, which XLA fuses. Every path must equal conv -> BN -> activation to float32
+rounding, and training must still normalise with the batch statistics and update BN's moving
+averages."""
 
 import json
 import subprocess
@@ -77,7 +77,7 @@ def test_folded_inference_equals_conv_bn_act(case, mode):
         out = _run(layer, x, mode, training)
         assert out.shape == ref.shape
         err = np.abs(out - ref).max()
-        print(f"max |folded - conv/BN/act| {err:.2e} ({mode}, training={training})")
+        print(f"max |ConvNormAct - conv/BN/act| {err:.2e} ({mode}, training={training})")
         assert err < 2e-5 * max(1.0, np.abs(ref).max()), err
 
 
@@ -162,7 +162,7 @@ print(json.dumps(out))
 """
 
 
-def test_folded_inference_on_jax():
+def test_inference_on_jax():
     pytest.importorskip("jax")
     env = subprocess_env()
     env["KERAS_BACKEND"] = "jax"
@@ -171,5 +171,5 @@ def test_folded_inference_on_jax():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     errs = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"jax: max |folded - conv/BN/act| {errs}")
+    print(f"jax: max |ConvNormAct - conv/BN/act| {errs}")
     assert max(errs.values()) < 2e-5, errs

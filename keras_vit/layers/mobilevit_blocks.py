@@ -127,9 +127,15 @@ class ConvNormAct(keras.layers.Layer):
         if self._explicit_pad:
             p = self._explicit_pad
             x = keras.ops.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))  # (B, H + 2p, W + 2p, C)
-        # batch statistics (moving averages updated), or a conv whose kernel is not a float
-        # tensor to fold into (a quantized conv: Keras 3.15 quantizes none, a later one may)
-        if (training and self.bn.trainable) or self.conv.quantization_mode is not None:
+        # Unfolded: training with batch statistics (moving averages updated); under XLA, which
+        # fuses BN's multiply-add into the activation's loop anyway (folding measured 0.95x to
+        # 1.0x there: the fold's pass over the weights each call); a conv whose kernel is not a
+        # float tensor to fold into (quantized: Keras 3.15 quantizes no conv, a later one may).
+        if (
+            (training and self.bn.trainable)
+            or _compiling_with_xla()
+            or self.conv.quantization_mode is not None
+        ):
             x = self.bn(self.conv(x), training=training)
             return x if self._act is None else self._act(x)
         # Inference: BatchNorm folded into the conv (as ONNX Runtime and TFLite do), so one
