@@ -23,31 +23,52 @@ class ShiftAddDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         )
 
     def call(self, x):
-        static = x.shape[1] is not None and x.shape[2] is not None  # the slices need it
-        if not (static and self._shift_add_supported() and _compiling_with_xla()):
-            return super().call(x)
-        if self.padding == "same":  # stride 1, odd or even kernel: Keras pads (k-1)//2 first
-            ph, pw = self.kernel_size[0] - 1, self.kernel_size[1] - 1
-            x = keras.ops.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
-        return self.shift_add(x)
+        y = self.convolve(x, self.kernel, self.bias if self.use_bias else None)
+        return y if self.activation is None else self.activation(y)
 
-    def shift_add(self, x):
+    def convolve(self, x, kernel, bias=None):
+        """This layer's convolution of `x` (B, H, W, C) with `kernel` (kh, kw, C, 1) plus `bias`
+        (C,) or None, no activation: what `ConvNormAct` calls with BatchNorm folded in."""
+        static = x.shape[1] is not None and x.shape[2] is not None  # the slices need it
+        if static and self._shift_add_supported() and _compiling_with_xla():
+            if self.padding == "same":  # stride 1, odd or even kernel: Keras pads (k-1)//2 first
+                ph, pw = self.kernel_size[0] - 1, self.kernel_size[1] - 1
+                pads = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+                x = keras.ops.pad(x, pads)
+            y = self.shift_add(x, kernel)
+        else:
+            y = keras.ops.depthwise_conv(
+                x,
+                keras.ops.cast(kernel, x.dtype),
+                strides=self.strides,
+                padding=self.padding,
+                data_format=self.data_format,
+                dilation_rate=self.dilation_rate,
+            )
+        if bias is None:
+            return y
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        shape = [1] * len(y.shape)
+        shape[channel_axis] = -1
+        return y + keras.ops.reshape(keras.ops.cast(bias, y.dtype), shape)
+
+    def shift_add(self, x, kernel=None):
         """The "valid" convolution of `x` (static H, W; zero padding, if any, already in it)
-        as `k * k` shifted multiply-adds, whatever the layer's `padding`."""
+        with `kernel` (the layer's by default), as `k * k` shifted multiply-adds, whatever the
+        layer's `padding`; no bias, no activation."""
+        kernel = self.kernel if kernel is None else kernel
         kh, kw = self.kernel_size
         sh, sw = self.strides
         height, width = x.shape[1], x.shape[2]
         out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
-        kernel = keras.ops.cast(self.kernel[..., 0], x.dtype)  # (kh, kw, C)
+        kernel = keras.ops.cast(kernel[..., 0], x.dtype)  # (kh, kw, C)
         y = None
         for i in range(kh):
             for j in range(kw):
                 # (B, out_h, out_w, C): the input pixels that tap (i, j) of the kernel sees
                 tap = x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
                 y = tap * kernel[i, j] if y is None else y + tap * kernel[i, j]
-        if self.use_bias:
-            y = y + keras.ops.cast(self.bias, y.dtype)
-        return y if self.activation is None else self.activation(y)
+        return y
 
 
 def _compiling_with_xla():

@@ -10,7 +10,7 @@ import math
 import keras
 
 from keras_vit.layers._validation import pair, positive_int, rate
-from keras_vit.layers.depthwise_conv import ShiftAddDepthwiseConv2D
+from keras_vit.layers.depthwise_conv import ShiftAddDepthwiseConv2D, _compiling_with_xla
 from keras_vit.layers.drop_path import DropPath
 from keras_vit.layers.mlp import _activation
 from keras_vit.layers.squeeze_excite import SqueezeExcite, make_divisible
@@ -25,6 +25,23 @@ def _spatial(input_shape, layer):
     if len(input_shape) != 4 or input_shape[-1] is None:
         raise ValueError(f"{layer} takes (B, H, W, C) with a known C, got shape {input_shape}.")
     return input_shape
+
+
+def _bias_act(y, bias, activation, act):
+    """`act(y + bias)`, bias per channel (last axis). On TensorFlow outside XLA (the bf16 CPU
+    path, SavedModel, TFLite) written as grappler's remapper fuses into the convolution
+    before it (oneDNN's conv with bias and activation as post-ops, `_FusedConv2D`,
+    `_FusedDepthwiseConv2dNative`): `BiasAdd`, and SiLU as `x * sigmoid(x)` (`tf.nn.silu`'s
+    custom gradient hides that pattern)."""
+    if keras.backend.backend() == "tensorflow" and not _compiling_with_xla():
+        import tensorflow as tf
+
+        y = tf.nn.bias_add(y, bias)
+        if activation in ("silu", "swish"):
+            return y * tf.math.sigmoid(y)
+        return y if act is None else act(y)
+    y = y + bias
+    return y if act is None else act(y)
 
 
 def _conv_out(size, kernel_size, strides):
@@ -110,8 +127,43 @@ class ConvNormAct(keras.layers.Layer):
         if self._explicit_pad:
             p = self._explicit_pad
             x = keras.ops.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))  # (B, H + 2p, W + 2p, C)
-        x = self.bn(self.conv(x), training=training)
-        return x if self._act is None else self._act(x)
+        # Unfolded: training with batch statistics (moving averages updated); under XLA, which
+        # fuses BN's multiply-add into the activation's loop anyway (folding measured 0.95x to
+        # 1.0x there: the fold's pass over the weights each call); a conv whose kernel is not a
+        # float tensor to fold into (quantized: Keras 3.15 quantizes no conv, a later one may).
+        if (
+            (training and self.bn.trainable)
+            or _compiling_with_xla()
+            or self.conv.quantization_mode is not None
+        ):
+            x = self.bn(self.conv(x), training=training)
+            return x if self._act is None else self._act(x)
+        # Inference: BatchNorm folded into the conv (as ONNX Runtime and TFLite do), so one
+        # conv + bias + activation instead of conv, then BN's multiply-add (in float32 for a
+        # bf16 model, with two casts) and the activation as separate passes over the map.
+        kernel, bias = self.folded_kernel_and_bias()
+        kernel = keras.ops.cast(kernel, x.dtype)
+        if self.depthwise:
+            y = self.conv.convolve(x, kernel)
+        else:
+            y = self.conv.convolution_op(x, kernel)
+        return _bias_act(y, keras.ops.cast(bias, y.dtype), self.activation, self._act)
+
+    def folded_kernel_and_bias(self):
+        """The conv kernel and bias (float32) equal to conv -> BN with BN's moving statistics:
+        `kernel * s` and `beta - mean * s`, `s = gamma / sqrt(moving_variance + eps)` per
+        output channel. Kernel: (k, k, C_in, filters), or (k, k, C, 1) depthwise."""
+        bn, f32 = self.bn, "float32"
+        scale = keras.ops.rsqrt(keras.ops.cast(bn.moving_variance, f32) + bn.epsilon)
+        if bn.scale:
+            scale = scale * keras.ops.cast(bn.gamma, f32)
+        bias = -keras.ops.cast(bn.moving_mean, f32) * scale
+        if bn.center:
+            bias = bias + keras.ops.cast(bn.beta, f32)
+        kernel = keras.ops.cast(self.conv.kernel, f32)
+        if self.depthwise:  # output channel c is input channel c: (C,) -> (C, 1)
+            scale = keras.ops.expand_dims(scale, -1)
+        return kernel * scale, bias
 
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape
