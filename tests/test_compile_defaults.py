@@ -67,21 +67,28 @@ def test_bfloat16_models_compute_their_logits_in_float32():
     """The classifier heads of a bf16 model run in float32: its logits are the float32 matmul
     of its (bf16) pre-logit features, not that matmul rounded to bf16's 8 bits (which moves
     logits by ~1e-2 and flips top-1 between close classes)."""
-    for name in ("deit_tiny_distilled_patch16_224", "vit_tiny_patch16_224"):
-        model = keras_vit.create_model(
-            name, dtype="bfloat16", depth=1, image_size=32, num_classes=50
-        )
+    cases = {
+        "deit_tiny_distilled_patch16_224": dict(depth=1, image_size=32),
+        "vit_tiny_patch16_224": dict(depth=1, image_size=32),
+        "mobilevit_xxs": dict(image_size=64),  # head: global pool of the last map, then `fc`
+    }
+    for name, kw in cases.items():
+        model = keras_vit.create_model(name, dtype="bfloat16", num_classes=50, **kw)
         heads = [layer for layer in model.layers if layer.name in ("head", "head_dist")]
-        features = keras.Model(model.input, [h.input for h in heads])
-        images = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
-        logits = np.asarray(model.predict_on_batch(images))
-        assert logits.dtype == np.float32
-        feats = features.predict_on_batch(images)
-        feats = feats if isinstance(feats, list) else [feats]
+        # the logits and the heads' inputs from one run of one graph (a graph whose output is
+        # a head's input may fuse its last ops differently, so bf16 rounds them differently)
+        probe = keras.Model(model.input, [model.output] + [h.input for h in heads])
+        size = kw["image_size"]
+        images = np.random.default_rng(1).uniform(0, 255, (4, size, size, 3)).astype(np.float32)
+        assert np.asarray(model.predict_on_batch(images)).dtype == np.float32
+        logits, *feats = probe.predict_on_batch(images)
         expected = []
         for head, f in zip(heads, feats):
+            f = np.asarray(f, np.float64)
+            if f.ndim == 4:  # (B, H, W, C) feature map: MobileViT's head pools it first
+                f, head = f.mean(axis=(1, 2)), head.fc
             kernel, bias = (np.asarray(w, np.float64) for w in head.get_weights())
-            expected.append(np.asarray(f, np.float64) @ kernel + bias)
+            expected.append(f @ kernel + bias)
         expected = sum(expected) / len(expected)
         scale = np.abs(expected).max()
         np.testing.assert_allclose(logits, expected, atol=1e-5 * scale, err_msg=name)

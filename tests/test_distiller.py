@@ -246,7 +246,7 @@ def test_100_steps_under_mixed_precision_are_finite(policy):
         ],
     )
     cls, dist = student.heads_model(x[:8], training=False)
-    # the blocks compute in low precision; the heads (models/base.py: classifier_dtype) and the
+    # the blocks compute in low precision; the heads (layers/precision.py: classifier_dtype) and the
     # loss in float32
     assert student.get_layer("blocks_0").compute_dtype == policy.split("_")[1]
     assert keras.backend.standardize_dtype(cls.dtype) == "float32"

@@ -13,6 +13,7 @@ from keras_vit.layers._validation import pair, positive_int, rate
 from keras_vit.layers.depthwise_conv import ShiftAddDepthwiseConv2D, _compiling_with_xla
 from keras_vit.layers.drop_path import DropPath
 from keras_vit.layers.mlp import _activation
+from keras_vit.layers.precision import classifier_dtype
 from keras_vit.layers.squeeze_excite import SqueezeExcite, make_divisible
 from keras_vit.layers.transformer_block import TransformerBlock
 
@@ -461,7 +462,8 @@ class ClassifierHead(keras.layers.Layer):
             raise ValueError(f"`num_classes` must be an int >= 0, got {num_classes!r}.")
         self.num_classes = num_classes
         self.drop_rate = rate("drop_rate", drop_rate)
-        policy = self.dtype_policy
+        # pool, dropout and `fc` in float32 in a bf16 model (layers/precision.py)
+        policy = classifier_dtype(self.dtype_policy) if num_classes else self.dtype_policy
         self.dropout = keras.layers.Dropout(self.drop_rate, dtype=policy)
         self.fc = keras.layers.Dense(num_classes, name="fc", dtype=policy) if num_classes else None
 
@@ -470,6 +472,7 @@ class ClassifierHead(keras.layers.Layer):
             self.fc.build((None, input_shape[-1]))
 
     def call(self, x, training=None):
+        x = keras.ops.cast(x, self.dropout.compute_dtype)  # the head's own dtype
         x = keras.ops.mean(x, axis=(1, 2))  # (B, C)
         x = self.dropout(x, training=training)
         return x if self.fc is None else self.fc(x)

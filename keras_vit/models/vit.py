@@ -18,7 +18,8 @@ from keras_vit.layers import (
     resample_patch_embed,
 )
 from keras_vit.layers._validation import non_negative_int, pair, rate
-from keras_vit.models.base import KerasViTModel, Views, classifier_dtype
+from keras_vit.layers.precision import classifier_dtype
+from keras_vit.models.base import KerasViTModel, Views
 from keras_vit.registry import register_variants
 
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
