@@ -5,6 +5,16 @@ images with structure, so that 1e-4 agreement means something."""
 import numpy as np
 from helpers import nchw_to_nhwc, structured_images
 
+# The registered names the ONNX and TFLite export tests run, at test size (constructor
+# overrides): one of each family, every weight randomised by `randomize_keras_model`
+EXPORT_MODELS = {
+    "vit_tiny_patch16_224": dict(image_size=32, depth=2),
+    "deit_tiny_distilled_patch16_224": dict(image_size=32, depth=2),
+    "mobilevit_xxs": dict(image_size=64, transformer_depths=(1, 1, 1)),
+    # 80: stages 3 and 4 (5x5, 3x3) take the align-corners resize, as gathers
+    "mobilevitv2_050": dict(image_size=80, transformer_depths=(1, 1, 1)),
+}
+
 
 def randomize_keras_model(model, seed=0):
     """Every variable random at a healthy scale: kernels ~ N(0, 1/fan_in) (convolutions a
@@ -76,3 +86,11 @@ def timm_eval_pixels(data, steps):
     for step in steps:
         image = step(image)
     return np.asarray(image)
+
+
+def randomized_export_model(name):
+    """`EXPORT_MODELS[name]` built and randomised, the same weights for every export test."""
+    import keras_vit
+
+    model = keras_vit.create_model(name, **EXPORT_MODELS[name])
+    return randomize_keras_model(model, seed=len(name))

@@ -5,6 +5,8 @@ randomised at a scale that keeps activations alive, and the inputs have structur
 DESIGN.md ("How correctness is shown").
 """
 
+import contextlib
+import gc
 import math
 import os
 
@@ -144,3 +146,75 @@ def subprocess_env(*, keep_tf_log_level=True, **overrides):
         else:
             env[key] = str(value)
     return env
+
+
+def local_workers(n):
+    """`n` "127.0.0.1:PORT" addresses on ports free right now (a cluster on this machine)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return [f"127.0.0.1:{p}" for p in ports]
+
+
+def launch_train_workers(workers, args, outputs, tmpdirs=None):
+    """One `python -m keras_vit train *args --output outputs[i]` per address of `workers`, as
+    task i of a TF_CONFIG cluster of those workers (CPU only; `tmpdirs[i]`, if given, as its
+    TMPDIR: a machine of its own). Started, not waited for: see `finish_processes`."""
+    import json
+    import subprocess
+    import sys
+
+    procs = []
+    for index in range(len(workers)):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = subprocess_env(CUDA_VISIBLE_DEVICES="", TF_CONFIG=json.dumps(config))
+        if tmpdirs is not None:
+            env["TMPDIR"] = str(tmpdirs[index])
+        cmd = [sys.executable, "-m", "keras_vit", "train", *args, "--output", str(outputs[index])]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    return procs
+
+
+def finish_processes(procs, timeout):
+    """[(stdout, stderr)] of each process, waiting up to `timeout` s for each; whatever is
+    still running afterwards (a timeout, an assertion) is killed, so no worker outlives its
+    test."""
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return outputs
+
+
+@contextlib.contextmanager
+def frozen_gc():
+    """Let the collections Keras triggers inside the block scan only what the block creates.
+
+    Keras runs a full `gc.collect()` each time a layer drops a variable (`Layer.__delattr__`),
+    which `model.quantize` does once per Dense / conv layer it rebuilds; a full collection
+    scans every object alive in the process, so in a test session holding hundreds of built
+    models one `quantize` took minutes. `gc.freeze()` sets the objects alive now aside from
+    the collector for the block and `gc.unfreeze()` hands them back afterwards; one full
+    collection then frees what the skipped ones would have (one instead of one per layer, so
+    the test process holds no more memory than before). Nothing computed changes.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.collect()

@@ -6,32 +6,29 @@ before anything is written."""
 import numpy as np
 import onnxruntime as ort  # the `test` extra has it: a missing one fails, never skips
 import pytest
-from export_fixtures import assert_discriminative, randomize_keras_model, uint8_images
+from export_fixtures import (
+    EXPORT_MODELS,
+    assert_discriminative,
+    randomized_export_model,
+    uint8_images,
+)
 
-import keras_vit
 from keras_vit.export_onnx import export_onnx
 
 ATOL = 1e-4
-MODELS = {
-    "vit_tiny_patch16_224": dict(image_size=32, depth=2),
-    "deit_tiny_distilled_patch16_224": dict(image_size=32, depth=2),
-    "mobilevit_xxs": dict(image_size=64, transformer_depths=(1, 1, 1)),
-    # 80: stages 3 and 4 (5x5, 3x3) take the align-corners resize, as gathers
-    "mobilevitv2_050": dict(image_size=80, transformer_depths=(1, 1, 1)),
-}
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("onnx")
     built = {}
-    for name, kwargs in MODELS.items():
-        model = randomize_keras_model(keras_vit.create_model(name, **kwargs), seed=len(name))
+    for name in EXPORT_MODELS:
+        model = randomized_export_model(name)
         built[name] = (model, export_onnx(model, tmp / f"{name}.onnx"))
     return built
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(EXPORT_MODELS))
 def test_onnxruntime_matches_keras_at_two_batch_sizes(exports, name):
     model, path = exports[name]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

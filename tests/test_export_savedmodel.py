@@ -20,7 +20,7 @@ from export_fixtures import (
     timm_eval_steps,
     uint8_images,
 )
-from helpers import subprocess_env
+from helpers import frozen_gc, subprocess_env
 from PIL import Image
 
 import keras_vit
@@ -103,16 +103,47 @@ def _png(image):
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("savedmodel")
-    images = uint8_images(7, SIZE, SIZE, seed=3)
+def _write_images(tmp, images):
+    """`images` (N, H, W, 3) uint8 into `tmp`: as images.npz (the pixels signature's input)
+    and as one PNG each (the bytes signature's); the PNG paths."""
     np.savez(tmp / "images.npz", images=images)
     pngs = []
     for i, image in enumerate(images):
         pngs.append(str(tmp / f"{i}.png"))
         with open(pngs[-1], "wb") as f:
             f.write(_png(image))
+    return pngs
+
+
+def _serve_without_keras(tmp, exports, pngs):
+    """SERVE_SCRIPT in a fresh interpreter on `exports` ({name: SavedModel dir}) with the
+    images `_write_images` put in `tmp`: (results {"name/signature+batch/output": array},
+    report {name: errors of the bad requests, "keras_loaded": [...]})."""
+    job = dict(
+        exports=exports,
+        images=str(tmp / "images.npz"),
+        pngs=pngs,
+        results=str(tmp / "results.npz"),
+        report=str(tmp / "report.json"),
+    )
+    (tmp / "job.json").write_text(json.dumps(job))
+    (tmp / "serve.py").write_text(SERVE_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(tmp / "serve.py"), str(tmp / "job.json")],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(np.load(job["results"])), json.loads((tmp / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("savedmodel")
+    images = uint8_images(7, SIZE, SIZE, seed=3)
+    pngs = _write_images(tmp, images)
     refs, exports = {}, {}
     for name in MODELS:
         model = keras_vit.create_model(name, image_size=SIZE, depth=2)
@@ -125,26 +156,7 @@ def served(tmp_path_factory):
         exports[name] = str(tmp / name)
         export_saved_model(model, exports[name])
         refs[name + "/classes"] = resolve_class_names(model)
-    job = dict(
-        exports=exports,
-        images=str(tmp / "images.npz"),
-        pngs=pngs,
-        results=str(tmp / "results.npz"),
-        report=str(tmp / "report.json"),
-    )
-    (tmp / "job.json").write_text(json.dumps(job))
-    (tmp / "serve.py").write_text(SERVE_SCRIPT)
-    env = subprocess_env()
-    proc = subprocess.run(
-        [sys.executable, str(tmp / "serve.py"), str(tmp / "job.json")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = dict(np.load(job["results"]))
-    report = json.loads((tmp / "report.json").read_text())
+    results, report = _serve_without_keras(tmp, exports, pngs)
     return refs, results, report, exports
 
 
@@ -359,42 +371,22 @@ PRECISIONS = {"bf16": dict(dtype="bfloat16"), "int8": {}}
 def served_reduced(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("savedmodel_reduced")
     images = uint8_images(7, SIZE, SIZE, seed=4)
-    np.savez(tmp / "images.npz", images=images)
-    pngs = []
-    for i, image in enumerate(images[:7]):
-        pngs.append(str(tmp / f"{i}.png"))
-        Image.fromarray(image).save(pngs[-1])
+    pngs = _write_images(tmp, images)
     refs, exports = {}, {}
     for precision, kwargs in PRECISIONS.items():
         model = keras_vit.create_model(MODELS[0], image_size=SIZE, depth=2, **kwargs)
         randomize_keras_model(model, seed=11)
         if precision == "int8":
-            model.quantize("int8")
+            with frozen_gc():
+                model.quantize("int8")
         pixels = images.astype(np.float32)
         for batch in (1, 7):
             refs[f"{precision}/{batch}"] = np.asarray(model.predict_on_batch(pixels[:batch]))
         refs[f"{precision}/jit"] = model.jit_compile
         exports[precision] = str(tmp / precision)
         export_saved_model(model, exports[precision])
-    job = dict(
-        exports=exports,
-        images=str(tmp / "images.npz"),
-        pngs=pngs,
-        results=str(tmp / "results.npz"),
-        report=str(tmp / "report.json"),
-    )
-    (tmp / "job.json").write_text(json.dumps(job))
-    (tmp / "serve.py").write_text(SERVE_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(tmp / "serve.py"), str(tmp / "job.json")],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp / "report.json").read_text())
-    return refs, dict(np.load(job["results"])), report
+    results, report = _serve_without_keras(tmp, exports, pngs)
+    return refs, results, report
 
 
 @pytest.mark.parametrize("precision", list(PRECISIONS))

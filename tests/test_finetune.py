@@ -232,6 +232,14 @@ def test_mirrored_two_cpus_equals_one_device_from_a_checkpoint(checkpoint, tmp_p
     assert result["weight_diff"] <= 1e-5
 
 
+# drop path, MixUp/CutMix on every batch and random erasing on top of the fine-tune preset: the
+# data order, the augmentation and the dropout generators must all be restored
+AUGMENTED = [
+    "--recipe", "drop_path_rate=0.2", "--recipe", "mixup_alpha=0.8", "--recipe", "cutmix_alpha=1.0",
+    "--recipe", "mix_prob=1.0", "--recipe", "erasing_prob=0.25",
+]  # fmt: skip
+
+
 def test_sigkill_then_rerun_of_a_finetune_equals_uninterrupted(checkpoint, tmp_path):
     from test_train_resume import _kill_during_epoch_2, _run
 
@@ -241,7 +249,7 @@ def test_sigkill_then_rerun_of_a_finetune_equals_uninterrupted(checkpoint, tmp_p
             "--model-kwargs", "depth=2", "--model-kwargs", "embed_dim=48",
             "--model-kwargs", "num_heads=3", "--dataset", "digits", "--image-size", str(SIZE),
             "--epochs", "3", "--batch-size", "32", "--seed", "5", "--strategy", "one",
-            "--recipe", "drop_path_rate=0.1", "--output", str(output),
+            *AUGMENTED, "--output", str(output),
         ]  # fmt: skip
 
     straight = _run(tmp_path / "straight", cmd(tmp_path / "straight"))
@@ -250,12 +258,18 @@ def test_sigkill_then_rerun_of_a_finetune_equals_uninterrupted(checkpoint, tmp_p
     assert not (crashed / "model.keras").exists()
     resumed = _run(crashed, cmd(crashed))
     assert (straight["resumed_from_epoch"], resumed["resumed_from_epoch"]) == (0, 1)
-    a = [v.numpy() for v in _load(str(tmp_path / "straight" / "model.keras")).weights]
+    straight_model = _load(str(tmp_path / "straight" / "model.keras"))
+    a = [v.numpy() for v in straight_model.weights]
     b = [v.numpy() for v in _load(str(crashed / "model.keras")).weights]
     diff = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
     print(f"fine-tune resume: max |weight diff| = {diff:.3g}")
     assert len(a) == len(b) > 10 and diff <= 1e-5
     assert resumed["val_accuracy"] == pytest.approx(straight["val_accuracy"], abs=1e-6)
+    # ... and training moved the weights (the comparison is not between two copies of the file)
+    ours, start = _backbone(straight_model), _backbone(_reference(checkpoint, 10))
+    moved = max(float(np.max(np.abs(ours[path] - start[path]))) for path in start)
+    print(f"fine-tune resume: backbone moved by max {moved:.3g} from the file")
+    assert moved > 1e-4
 
 
 # --- teachers -----------------------------------------------------------------------------

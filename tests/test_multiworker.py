@@ -2,60 +2,19 @@
 its own --output (only the chief's is written; the default teacher stays in memory on both),
 and a lost worker: SIGKILL worker 1 in epoch 2 of 3, worker 0 stops within a bounded time
 with an error naming the lost task, the same two commands again resume from the shared
---backup-dir and end with the weights of an uninterrupted run (max |diff| <= 1e-5)."""
+--backup-dir and end with the weights of an uninterrupted run (max |diff| <= 1e-5); that
+run gives both workers one --output (a shared disk), where only the chief writes."""
 
 import json
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from helpers import subprocess_env
+from helpers import finish_processes, launch_train_workers, local_workers
 
 TIMEOUT = 420
 WORKER_TIMEOUT = 10  # --worker-timeout of the kill test (seconds without a heartbeat)
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _launch(workers, args, outputs, tmpdirs=(None, None)):
-    procs = []
-    for index in range(2):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = subprocess_env(CUDA_VISIBLE_DEVICES="", TF_CONFIG=json.dumps(config))
-        if tmpdirs[index] is not None:
-            env["TMPDIR"] = str(tmpdirs[index])
-        cmd = [sys.executable, "-m", "keras_vit", "train", *args, "--output", str(outputs[index])]
-        procs.append(
-            subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
-    return procs
-
-
-def _finish(procs, timeout=TIMEOUT):
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=timeout))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return outputs
 
 
 def _weights(path):
@@ -90,9 +49,9 @@ def test_two_workers_with_separate_outputs_and_the_default_teacher(tmp_path):
     tmps = [tmp_path / "tmp0", tmp_path / "tmp1"]
     for t in tmps:
         t.mkdir()
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = _launch(workers, args, outs, tmps)
-    outputs = _finish(procs)
+    workers = local_workers(2)
+    procs = launch_train_workers(workers, args, outs, tmps)
+    outputs = finish_processes(procs, TIMEOUT)
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
     chief = outs[0]
@@ -114,9 +73,9 @@ def test_two_workers_with_separate_outputs_and_the_default_teacher(tmp_path):
 
     # run again: only the chief's disk holds a backup, so the workers would start from
     # different epochs; both stop at once, saying so, instead of training apart
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = _launch(workers, args, outs, tmps)
-    for proc, (_, err) in zip(procs, _finish(procs)):
+    workers = local_workers(2)
+    procs = launch_train_workers(workers, args, outs, tmps)
+    for proc, (_, err) in zip(procs, finish_processes(procs, TIMEOUT)):
         assert proc.returncode != 0
         assert "The workers found different backups" in err, err[-3000:]
         assert "task 0: epoch 1, task 1: epoch 0" in err
@@ -142,7 +101,7 @@ def _kill_worker_1_in_epoch_2(procs, progress):
                 procs[1].send_signal(signal.SIGKILL)
                 return state, time.time()
         time.sleep(0.02)
-    _finish(procs, timeout=5)
+    finish_processes(procs, 5)
     raise AssertionError("never saw epoch 2 start")
 
 
@@ -154,20 +113,38 @@ def test_lost_worker_stops_the_other_and_a_restart_resumes(tmp_path):
     def args(run):
         return [*KILL_ARGS, "--backup-dir", str(run / "shared_backup")]
 
-    outs = {run: [run / "out0", run / "out1"] for run in (straight, crashed)}
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = _launch(workers, args(straight), outs[straight])
-    for proc, (_, err) in zip(procs, _finish(procs)):
+    # the uninterrupted run: one --output for both workers (a shared disk), the crashed one
+    # an --output per machine; both share a --backup-dir
+    outs = {
+        straight: [straight / "out", straight / "out"],
+        crashed: [crashed / "out0", crashed / "out1"],
+    }
+    workers = local_workers(2)
+    procs = launch_train_workers(workers, args(straight), outs[straight])
+    outputs = finish_processes(procs, TIMEOUT)
+    for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
+    # both printed the same final metrics (one synchronous training); only the chief wrote:
+    # one backup, no per-worker copies in the shared --output or the shared --backup-dir
+    printed = [json.loads(out[out.index("{") :]) for out, _ in outputs]
+    assert printed[0]["train_loss"] == pytest.approx(printed[1]["train_loss"], abs=1e-6)
+    assert sorted(p.name for p in (straight / "out").iterdir() if "backup" in p.name) == []
+    backup = straight / "shared_backup"
+    assert sorted(p.name for p in backup.iterdir()) == [
+        "epoch_3.weights.h5",
+        "training_metadata.json",
+    ]
+    meta = json.loads((backup / "training_metadata.json").read_text())
+    assert meta == {"epoch": 3, "weights": "epoch_3.weights.h5"}
 
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = _launch(workers, args(crashed), outs[crashed])
+    workers = local_workers(2)
+    procs = launch_train_workers(workers, args(crashed), outs[crashed])
     state, killed_at = _kill_worker_1_in_epoch_2(procs, outs[crashed][0] / "progress.json")
     assert state["epoch"] == 1  # 0-based: inside the second epoch
     try:
         _, err = procs[0].communicate(timeout=WORKER_TIMEOUT + 110)
     finally:
-        _finish(procs, timeout=5)
+        finish_processes(procs, 5)
     waited = time.time() - killed_at
     print(f"worker 0 stopped {waited:.1f} s after worker 1 was killed")
     assert procs[0].returncode not in (0, None)
@@ -176,8 +153,10 @@ def test_lost_worker_stops_the_other_and_a_restart_resumes(tmp_path):
     assert waited < WORKER_TIMEOUT + 110
     assert not (outs[crashed][0] / "model.keras").exists()
 
-    procs = _launch(workers, args(crashed), outs[crashed])  # the same two commands again
-    for proc, (_, err) in zip(procs, _finish(procs)):
+    procs = launch_train_workers(
+        workers, args(crashed), outs[crashed]
+    )  # the same two commands again
+    for proc, (_, err) in zip(procs, finish_processes(procs, TIMEOUT)):
         assert proc.returncode == 0, err[-3000:]
     resumed = json.loads((outs[crashed][0] / "metrics.json").read_text())
     assert resumed["resumed_from_epoch"] == 1
@@ -189,3 +168,4 @@ def test_lost_worker_stops_the_other_and_a_restart_resumes(tmp_path):
     assert diff <= 1e-5
     first = json.loads((outs[straight][0] / "metrics.json").read_text())
     assert first["resumed_from_epoch"] == 0 and first["val_accuracy"] > 0.3  # it trained
+    assert first["replicas"] == 2

@@ -6,6 +6,7 @@ size (one block, two patches a side; MobileViT at 64 pixels, one transformer lay
 import keras
 import numpy as np
 import pytest
+from helpers import frozen_gc
 
 import keras_vit
 from keras_vit.convert.timm import keras_to_timm_state_dict
@@ -66,7 +67,8 @@ def _quantize_and_compare(name, kw, jit_compile="auto", build=_fresh_model_with_
     reference = model.predict_on_batch(x)
     assert np.ptp(reference) > 0.1, "test images give near-identical logits"
 
-    model.quantize("int8")
+    with frozen_gc():  # (Keras's per-layer gc.collect() dominated the test's time)
+        model.quantize("int8")
     quantized = model.predict_on_batch(x)
     corr = float(np.corrcoef(quantized.ravel(), reference.ravel())[0, 1])
     rel = float(np.max(np.abs(quantized - reference)) / np.ptp(reference))
@@ -86,7 +88,8 @@ def test_every_registered_name_quantizes_int8(name):
 def test_quantize_before_any_predict():
     name, kw = FAMILIES[0]
     model = keras_vit.create_model(name, **kw)
-    model.quantize("int8")  # straight after creation
+    with frozen_gc():
+        model.quantize("int8")  # straight after creation
     assert model.jit_compile is (keras.backend.backend() in ("tensorflow", "jax"))
     assert np.all(np.isfinite(model.predict_on_batch(_images(kw["image_size"], 2))))
 
@@ -97,5 +100,6 @@ def test_quantize_int8_then_predict_and_round_trip(name, kw, tmp_path):
 
     path = tmp_path / "int8.keras"
     model.save(path)
-    loaded = keras.saving.load_model(path)
+    with frozen_gc():  # loading quantizes the rebuilt model again
+        loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(loaded.predict_on_batch(x), quantized)

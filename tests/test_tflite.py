@@ -8,19 +8,16 @@ import os
 
 import numpy as np
 import pytest
-from export_fixtures import assert_discriminative, randomize_keras_model, uint8_images
+from export_fixtures import (
+    EXPORT_MODELS,
+    assert_discriminative,
+    randomized_export_model,
+    uint8_images,
+)
 
-import keras_vit
 from keras_vit.export import export_tflite, select_ops, tflite_op_names
 
 ATOL = 1e-4
-MODELS = {
-    "vit_tiny_patch16_224": dict(image_size=32, depth=2),
-    "deit_tiny_distilled_patch16_224": dict(image_size=32, depth=2),
-    "mobilevit_xxs": dict(image_size=64, transformer_depths=(1, 1, 1)),
-    # 80: stages 3 and 4 (5x5, 3x3) take the align-corners resize, as gathers
-    "mobilevitv2_050": dict(image_size=80, transformer_depths=(1, 1, 1)),
-}
 
 
 def _interpreter(path):
@@ -31,11 +28,7 @@ def _interpreter(path):
 
 @pytest.fixture(scope="module")
 def models():
-    built = {}
-    for name, kwargs in MODELS.items():
-        model = keras_vit.create_model(name, **kwargs)
-        built[name] = randomize_keras_model(model, seed=len(name))
-    return built
+    return {name: randomized_export_model(name) for name in EXPORT_MODELS}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +40,7 @@ def float_exports(models, tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(EXPORT_MODELS))
 def test_float32_matches_keras(models, float_exports, name):
     model = models[name]
     size = model.inputs[0].shape[1]
@@ -62,7 +55,7 @@ def test_float32_matches_keras(models, float_exports, name):
         np.testing.assert_allclose(out["probabilities"][0], e / e.sum(), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(EXPORT_MODELS))
 def test_builtin_ops_only(float_exports, name):
     ops = tflite_op_names(float_exports[name])
     assert select_ops(float_exports[name]) == []

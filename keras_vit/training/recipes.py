@@ -109,25 +109,22 @@ _SIZE_OVERRIDES = {
     "large": dict(drop_path_rate=0.3),
     "huge": dict(drop_path_rate=0.5),
 }
+# What the three light presets below share: no random erasing, no MixUp/CutMix, one warmup
+# epoch; each then sets its own lr, weight decay and image-level augmentation.
+_LIGHT = dict(erasing_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=0.0, warmup_epochs=1.0)
 # Small data, small models, few epochs (the offline `digits` demo): no image-level
 # augmentation (digits are not flip-invariant, 8x8 sources leave little to RandAugment), a
-# fixed lr, one warmup epoch.
+# fixed lr.
 SMALL_DATA = dict(
+    _LIGHT,
     rand_augment_ops=0,
     hflip=False,
-    erasing_prob=0.0,
-    mixup_alpha=0.0,
-    cutmix_alpha=0.0,
-    mix_prob=0.0,
     lr=1e-3,
     scale_lr_with_batch=False,
     min_lr=1e-5,
-    warmup_epochs=1.0,
     weight_decay=0.05,
     drop_path_rate=0.0,
 )
-
-
 # Fine-tuning a published checkpoint (DeiT's fine-tuning runs: a lower learning rate scaled by
 # the batch, a short warmup, lighter augmentation, no MixUp/CutMix). DeiT fine-tunes at 384 on
 # ImageNet with `--lr 5e-6 --weight-decay 1e-8 --epochs 30 --min-lr 5e-6` (the same label set,
@@ -135,34 +132,26 @@ SMALL_DATA = dict(
 # here is 1e-4 per 512 images, 5x below DeiT's from-scratch 5e-4 (the range of timm's and
 # BEiT's transfer runs). Drop path stays at the size's default.
 FINETUNE = dict(
+    _LIGHT,
     rand_augment_ops=2,
     rand_augment_magnitude=0.5,  # rand-m5 instead of m9
-    erasing_prob=0.0,
-    mixup_alpha=0.0,
-    cutmix_alpha=0.0,
-    mix_prob=0.0,
     lr=1e-4,
     scale_lr_with_batch=True,
     min_lr=1e-6,
     warmup_lr=1e-6,
-    warmup_epochs=1.0,
     weight_decay=0.05,
 )
 # A linear probe (`freeze_backbone`): only the classifier learns, on the frozen features, so no
 # stochastic depth or image-level augmentation (they would only perturb the fixed features),
-# and a larger learning rate without weight decay.
-LINEAR_PROBE = dict(
-    rand_augment_ops=0,
-    erasing_prob=0.0,
-    mixup_alpha=0.0,
-    cutmix_alpha=0.0,
-    mix_prob=0.0,
-    drop_path_rate=0.0,
-    lr=1e-3,
-    weight_decay=0.0,
-    warmup_epochs=1.0,
-)
-PRESETS = ("scratch", "finetune", "linear_probe")
+# and a larger learning rate without weight decay. Applied on top of FINETUNE.
+LINEAR_PROBE = dict(_LIGHT, rand_augment_ops=0, drop_path_rate=0.0, lr=1e-3, weight_decay=0.0)
+# preset -> the override blocks it applies, in order, after the size / data set defaults
+_PRESET_BLOCKS = {
+    "scratch": (),
+    "finetune": (FINETUNE,),
+    "linear_probe": (FINETUNE, LINEAR_PROBE),
+}
+PRESETS = tuple(_PRESET_BLOCKS)
 
 
 def recipe_for(model_name=None, dataset=None, preset="scratch", **overrides):
@@ -178,10 +167,8 @@ def recipe_for(model_name=None, dataset=None, preset="scratch", **overrides):
         recipe = recipe.replace(**SMALL_DATA)
     elif spec is not None and spec.size in _SIZE_OVERRIDES:
         recipe = recipe.replace(**_SIZE_OVERRIDES[spec.size])
-    if preset in ("finetune", "linear_probe"):
-        recipe = recipe.replace(**FINETUNE)
-    if preset == "linear_probe":
-        recipe = recipe.replace(**LINEAR_PROBE)
+    for block in _PRESET_BLOCKS[preset]:
+        recipe = recipe.replace(**block)
     return recipe.replace(**overrides)
 
 
