@@ -56,7 +56,11 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import numpy as np  # noqa: E402
-from helpers import randomize_timm_model, structured_pixels  # noqa: E402
+from helpers import (  # noqa: E402
+    WITHOUT_KERAS_PRELUDE,
+    randomize_timm_model,
+    structured_pixels,
+)
 
 import keras_vit  # noqa: E402
 
@@ -213,27 +217,10 @@ def agreement(out, reference):
 
 
 # --- SavedModel in a keras-free process ------------------------------------------------------
-SERVER = textwrap.dedent(
+SERVER = WITHOUT_KERAS_PRELUDE + textwrap.dedent(
     """
-    import importlib.abc, sys, time
+    import time
     import numpy as np
-
-    class WithoutKeras(importlib.abc.MetaPathFinder):  # keras* are not found: TF alone
-        def __init__(self, finders):
-            self.finders = finders
-
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("keras", "keras_vit", "tf_keras"):
-                return None
-            for finder in self.finders:
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    return spec
-            return None
-
-    sys.meta_path[:] = [WithoutKeras(list(sys.meta_path))]
-    import tensorflow as tf
-    assert "keras" not in sys.modules
 
     serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
     images = tf.constant(np.load(sys.argv[2]))

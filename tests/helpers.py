@@ -5,10 +5,9 @@ randomised at a scale that keeps activations alive, and the inputs have structur
 DESIGN.md ("How correctness is shown").
 """
 
-import contextlib
-import gc
 import math
 import os
+import textwrap
 
 import numpy as np
 
@@ -200,21 +199,32 @@ def finish_processes(procs, timeout):
     return outputs
 
 
-@contextlib.contextmanager
-def frozen_gc():
-    """Let the collections Keras triggers inside the block scan only what the block creates.
-
-    Keras runs a full `gc.collect()` each time a layer drops a variable (`Layer.__delattr__`),
-    which `model.quantize` does once per Dense / conv layer it rebuilds; a full collection
-    scans every object alive in the process, so in a test session holding hundreds of built
-    models one `quantize` took minutes. `gc.freeze()` sets the objects alive now aside from
-    the collector for the block and `gc.unfreeze()` hands them back afterwards; one full
-    collection then frees what the skipped ones would have (one instead of one per layer, so
-    the test process holds no more memory than before). Nothing computed changes.
+# The first lines of a script run in a fresh interpreter as on a TF Serving host: a meta-path
+# finder wrapping every other one refuses keras*, keras_vit* and tf_keras*, as if not
+# installed, and the script stops if keras can still be imported; then TensorFlow alone.
+WITHOUT_KERAS_PRELUDE = textwrap.dedent(
     """
-    gc.freeze()
+    import importlib.abc, sys
+
+    class WithoutKeras(importlib.abc.MetaPathFinder):
+        def __init__(self, finders):
+            self.finders = finders
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("keras", "keras_vit", "tf_keras"):
+                return None
+            for finder in self.finders:
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    return spec
+            return None
+
+    sys.meta_path[:] = [WithoutKeras(list(sys.meta_path))]
     try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.collect()
+        import keras  # noqa: F401
+        raise SystemExit("keras is still importable")
+    except ModuleNotFoundError:
+        pass
+    import tensorflow as tf
+    """
+)

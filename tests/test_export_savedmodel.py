@@ -20,7 +20,7 @@ from export_fixtures import (
     timm_eval_steps,
     uint8_images,
 )
-from helpers import frozen_gc, subprocess_env
+from helpers import WITHOUT_KERAS_PRELUDE, subprocess_env
 from PIL import Image
 
 import keras_vit
@@ -31,35 +31,12 @@ ATOL = 1e-4
 SIZE = 48  # 3x3 patches of 16
 MODELS = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"]
 
-# Runs in a fresh interpreter: a meta-path finder refuses keras* and keras_vit*, as on a TF
-# Serving host, then both signatures are called and the answers written to an .npz.
-SERVE_SCRIPT = textwrap.dedent(
+# Runs in a fresh interpreter without keras (helpers.WITHOUT_KERAS_PRELUDE), as on a TF
+# Serving host: both signatures are called and the answers written to an .npz.
+SERVE_SCRIPT = WITHOUT_KERAS_PRELUDE + textwrap.dedent(
     """
-    import importlib.abc, json, sys
+    import json
     import numpy as np
-
-    class WithoutKeras(importlib.abc.MetaPathFinder):
-        # wraps every finder: keras* and keras_vit* are not found, as if not installed
-
-        def __init__(self, finders):
-            self.finders = finders
-
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("keras", "keras_vit", "tf_keras"):
-                return None
-            for finder in self.finders:
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    return spec
-            return None
-
-    sys.meta_path[:] = [WithoutKeras(list(sys.meta_path))]
-    try:
-        import keras  # noqa: F401
-        raise SystemExit("keras is still importable")
-    except ModuleNotFoundError:
-        pass
-    import tensorflow as tf
 
     job = json.load(open(sys.argv[1]))
     results, report = {}, {}
@@ -377,8 +354,7 @@ def served_reduced(tmp_path_factory):
         model = keras_vit.create_model(MODELS[0], image_size=SIZE, depth=2, **kwargs)
         randomize_keras_model(model, seed=11)
         if precision == "int8":
-            with frozen_gc():
-                model.quantize("int8")
+            model.quantize("int8")
         pixels = images.astype(np.float32)
         for batch in (1, 7):
             refs[f"{precision}/{batch}"] = np.asarray(model.predict_on_batch(pixels[:batch]))

@@ -6,6 +6,7 @@ variable names."""
 import keras
 
 from keras_vit._keras_compat import model_supports_jit
+from keras_vit.models._collector import frozen_gc
 
 
 class Views:
@@ -159,8 +160,10 @@ class KerasViTModel(XLAByDefault, keras.Model):
     def quantize(self, mode=None, config=None, filters=None, **kwargs):
         """Keras's `Model.quantize`; the mode is remembered so that a `.keras` file of the
         quantized model loads (rebuilt, quantized with the mode's default config, then its
-        int8 kernels and scales loaded). A selective one (`filters=`) is not recorded."""
-        super().quantize(mode, config=config, filters=filters, **kwargs)
+        int8 kernels and scales loaded). A selective one (`filters=`) is not recorded.
+        Keras's garbage collection per rebuilt layer scans only new objects (_collector.py)."""
+        with frozen_gc():
+            super().quantize(mode, config=config, filters=filters, **kwargs)
         self._reresolve_auto_jit_compile()
         if filters is None:
             # Keras's wrapper resolves `mode` from `config` before calling this
