@@ -20,9 +20,10 @@ Every column runs the same network: a timm model with every parameter randomised
 Timing: everything is built and warmed up first, then `--rounds` rounds on the same batch;
 in each round every column has a slot: a 0.2 s pause (so the previous engine's spinning
 worker threads park), then about 0.5 s of back-to-back calls (interleaved, so a noisy
-neighbour slows all columns alike). The median time per call gives images/s. The machine's float32 rate (TensorFlow's 4096^3 matmul,
-GFLOP/s) is printed first, and each float32 column's share of it (the model's matmul/conv
-FLOPs, counted by torch's FlopCounterMode, times images/s).
+neighbour slows all columns alike). The median time per call gives images/s. The machine's
+float32 rate (TensorFlow's 4096^3 matmul, GFLOP/s) is printed first, and each float32
+column's share of it (the model's matmul/conv FLOPs, counted by torch's FlopCounterMode,
+times images/s).
 
 Accuracy of the reduced-precision columns, on structured images (a random low-frequency
 pattern, so different images get different logits): the correlation of all logits with the

@@ -129,9 +129,10 @@ class ConvNormAct(keras.layers.Layer):
             p = self._explicit_pad
             x = keras.ops.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))  # (B, H + 2p, W + 2p, C)
         # Unfolded: training with batch statistics (moving averages updated); under XLA, which
-        # fuses BN's multiply-add into the activation's loop anyway (folding measured 0.95x to
-        # 1.0x there: the fold's pass over the weights each call); a conv whose kernel is not a
-        # float tensor to fold into (quantized: Keras 3.15 quantizes no conv, a later one may).
+        # fuses BN's multiply-add into the activation's loop anyway (folding measured 1.005x /
+        # 1.015x there, MobileViT-XXS / v2 0.5 f32: not worth a program other than the one
+        # parity was measured on); a conv whose kernel is not a float tensor to fold into
+        # (quantized: Keras 3.15 quantizes no conv, a later one may).
         if (
             (training and self.bn.trainable)
             or _compiling_with_xla()
