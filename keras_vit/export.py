@@ -282,6 +282,8 @@ def export_tflite(model, path, quantization=None, batch_size=1, calibration_imag
     import keras
     import tensorflow as tf
 
+    from keras_vit.layers.layer_norm import standard_ops
+
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}, got {quantization!r}.")
     if keras.backend.backend() != "tensorflow":
@@ -298,7 +300,9 @@ def export_tflite(model, path, quantization=None, batch_size=1, calibration_imag
 
     # Through a SavedModel, as Keras's own LiteRT export: `from_saved_model` freezes the
     # variables into constants (`from_concrete_functions` kept them as resource variables).
-    with tempfile.TemporaryDirectory() as tmp:
+    # Traced with Keras's own ops (standard_ops): the converter has no training-mode batch
+    # norm, the form of the oneDNN LayerNorm (keras_vit/layers/layer_norm.py).
+    with tempfile.TemporaryDirectory() as tmp, standard_ops():
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(

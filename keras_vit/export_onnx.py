@@ -126,6 +126,8 @@ def export_onnx(model, path, opset=DEFAULT_OPSET):
         raise FileNotFoundError(f"Output folder does not exist: {folder!r}")
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a folder; ONNX export writes one file.")
+    from keras_vit.layers.layer_norm import standard_ops
+
     onnx = _require("onnx", "the ONNX format")
     if keras.backend.backend() == "tensorflow":
         _require("tf2onnx", "TensorFlow's converter to ONNX")
@@ -135,7 +137,8 @@ def export_onnx(model, path, opset=DEFAULT_OPSET):
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder)
     os.close(fd)
     try:
-        with _quiet_converter():  # it reports Erfc "unsupported": it is rewritten below
+        # standard_ops: Keras's own LayerNorm, not the oneDNN form (layers/layer_norm.py)
+        with _quiet_converter(), standard_ops():  # it reports Erfc "unsupported": rewritten below
             model.export(
                 tmp, format="onnx", input_signature=[spec], opset_version=opset, verbose=False
             )

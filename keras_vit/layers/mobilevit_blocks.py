@@ -12,6 +12,7 @@ import keras
 from keras_vit.layers._validation import pair, positive_int, rate
 from keras_vit.layers.depthwise_conv import ShiftAddDepthwiseConv2D, _compiling_with_xla
 from keras_vit.layers.drop_path import DropPath
+from keras_vit.layers.layer_norm import LayerNorm
 from keras_vit.layers.mlp import _activation
 from keras_vit.layers.precision import classifier_dtype
 from keras_vit.layers.squeeze_excite import SqueezeExcite, make_divisible
@@ -382,7 +383,7 @@ class MobileViTBlock(keras.layers.Layer):
             )
             for i in range(transformer_depth)
         ]
-        self.norm = keras.layers.LayerNormalization(epsilon=norm_epsilon, name="norm", dtype=policy)
+        self.norm = LayerNorm(epsilon=norm_epsilon, name="norm", dtype=policy)
         self.conv_kxk = self.conv_proj = self.conv_fusion = None  # widths at build
 
     def build(self, input_shape):

@@ -3,6 +3,7 @@ import keras
 from keras_vit.layers._validation import positive_int, rate
 from keras_vit.layers.attention import MultiHeadSelfAttention
 from keras_vit.layers.drop_path import DropPath
+from keras_vit.layers.layer_norm import LayerNorm
 from keras_vit.layers.layer_scale import LayerScale
 from keras_vit.layers.mlp import Mlp
 from keras_vit.layers.swiglu import SwiGLUPacked
@@ -54,15 +55,11 @@ class TransformerBlock(keras.layers.Layer):
             raise ValueError(f"`mlp_layer` must be one of {MLP_LAYERS}, got {mlp_layer!r}.")
         self.mlp_layer = mlp_layer
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(
-            epsilon=norm_epsilon, name="norm1", dtype=policy
-        )
+        self.norm1 = LayerNorm(epsilon=norm_epsilon, name="norm1", dtype=policy)
         self.attn = MultiHeadSelfAttention(
             dim, num_heads, qkv_bias, attn_drop, proj_drop, name="attn", dtype=policy
         )
-        self.norm2 = keras.layers.LayerNormalization(
-            epsilon=norm_epsilon, name="norm2", dtype=policy
-        )
+        self.norm2 = LayerNorm(epsilon=norm_epsilon, name="norm2", dtype=policy)
         hidden = int(dim * mlp_ratio)  # timm truncates: 1536 * 5.33334 -> 8192
         if mlp_layer == "swiglu_packed":
             self.mlp = SwiGLUPacked(hidden, drop=proj_drop, name="mlp", dtype=policy)

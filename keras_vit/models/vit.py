@@ -18,6 +18,7 @@ from keras_vit.layers import (
     resample_patch_embed,
 )
 from keras_vit.layers._validation import non_negative_int, pair, rate
+from keras_vit.layers.layer_norm import LayerNorm
 from keras_vit.layers.precision import classifier_dtype
 from keras_vit.models.base import KerasViTModel, Views
 from keras_vit.registry import register_variants
@@ -185,14 +186,14 @@ class VisionTransformer(KerasViTModel):
             )(x)
             block_outputs.append(x)
         if not use_fc_norm:
-            x = keras.layers.LayerNormalization(epsilon=1e-6, name="norm", dtype=dtype)(x)
+            x = LayerNorm(epsilon=1e-6, name="norm", dtype=dtype)(x)
         tokens = x  # (B, prefix + N, D), final normalised tokens
         if distilled:
             outputs, heads = _distilled_head(tokens, num_classes, drop_rate, dtype)
         else:
             x = tokens[:, 0] if global_pool == "token" else _avg_pool(tokens, num_prefix_tokens)
             if use_fc_norm:
-                x = keras.layers.LayerNormalization(epsilon=1e-6, name="fc_norm", dtype=dtype)(x)
+                x = LayerNorm(epsilon=1e-6, name="fc_norm", dtype=dtype)(x)
             x = keras.layers.Dropout(drop_rate, name="head_drop", dtype=dtype)(x)
             if num_classes:
                 x = keras.layers.Dense(num_classes, name="head", dtype=classifier_dtype(dtype))(x)

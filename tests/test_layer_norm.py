@@ -1,0 +1,146 @@
+"""`LayerNorm` on TensorFlow's graph at inference is remapper's `_MklLayerNorm` (oneDNN's
+fused kernel, written in Keras 2's FusedBatchNormV3 form); everywhere else it is Keras's
+`LayerNormalization`. Every path must equal layer norm computed in float64, and the fused
+kernel must really run where it is meant to (the executed ops, from TF's profiler)."""
+
+import glob
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_vit.layers.layer_norm import LayerNorm, standard_ops
+
+C = 48
+
+
+def _layer(dtype="float32", epsilon=1e-6, seed=0):
+    layer = LayerNorm(epsilon=epsilon, dtype=dtype)
+    layer.build((None, C))
+    rng = np.random.default_rng(seed)
+    # gamma and beta far from (1, 0), so a dropped or swapped term shows
+    layer.gamma.assign(rng.uniform(0.5, 2.0, C).astype(layer.gamma.dtype))
+    layer.beta.assign(rng.normal(0, 1.0, C).astype(layer.beta.dtype))
+    return layer
+
+
+def _inputs(shape, seed=1):
+    rng = np.random.default_rng(seed)
+    # rows of different mean and scale: the statistics are per row
+    rows = rng.normal(0, 1, shape) * rng.uniform(0.1, 5.0, shape[:-1] + (1,))
+    return (rows + rng.normal(0, 3, shape[:-1] + (1,))).astype("float32")
+
+
+def _reference(layer, x):
+    x = np.asarray(x, np.float64)
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    gamma = np.asarray(keras.ops.cast(layer.gamma, "float32"), np.float64)
+    beta = np.asarray(keras.ops.cast(layer.beta, "float32"), np.float64)
+    return (x - mean) / np.sqrt(var + layer.epsilon) * gamma + beta
+
+
+def _run(layer, x, mode, training=False):
+    call = lambda t: tf.cast(layer(t, training=training), tf.float32)  # noqa: E731
+    if mode == "eager":
+        return np.asarray(call(x))
+    fn = tf.function(call, jit_compile=mode == "xla")
+    return np.asarray(fn(x))
+
+
+@pytest.mark.parametrize("mode", ["graph", "xla", "eager", "standard"])
+@pytest.mark.parametrize("shape", [(4, 7, C), (5, C)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "mixed_bfloat16"])
+def test_every_path_equals_layer_norm(dtype, shape, mode):
+    layer = _layer(dtype)
+    x = tf.cast(tf.constant(_inputs(shape)), layer.compute_dtype)
+    with standard_ops() if mode == "standard" else _no_context():
+        out = _run(layer, x, "graph" if mode == "standard" else mode)
+    ref = _reference(layer, tf.cast(x, tf.float32))  # of the input as the layer sees it
+    if dtype == "float32":
+        np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5)
+    else:  # statistics in float32, one rounding of the output to bfloat16 (2^-8 relative)
+        np.testing.assert_allclose(out, ref, atol=1e-2, rtol=2**-7)
+
+
+def test_dynamic_batch_and_training_path():
+    layer = _layer()
+    x = _inputs((3, 5, C))
+    fn = tf.function(
+        lambda t: layer(t, training=False), input_signature=[tf.TensorSpec((None, 5, C))]
+    )
+    np.testing.assert_allclose(np.asarray(fn(x)), _reference(layer, x), atol=2e-5, rtol=1e-5)
+
+    @tf.function
+    def grads(t):  # training: Keras's LayerNormalization, which has a gradient
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(t, training=True) ** 2)
+        return tape.gradient(loss, layer.trainable_variables)
+
+    g_gamma, g_beta = grads(tf.constant(x))
+    normed = (_reference(layer, x) - np.asarray(layer.beta)) / np.asarray(layer.gamma)
+    out = _reference(layer, x)
+    np.testing.assert_allclose(g_beta, (2 * out).sum((0, 1)), rtol=1e-4)
+    np.testing.assert_allclose(g_gamma, (2 * out * normed).sum((0, 1)), rtol=1e-4)
+
+
+class _no_context:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _executed_ops(fn, x, logdir):
+    """Op types that ran in one call of the tf.function `fn`, from TF's profiler trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    fn(x)  # traced and optimised before the profile
+    tf.profiler.experimental.start(str(logdir))
+    fn(x)
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    with open(glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")[-1], "rb") as f:
+        space.ParseFromString(f.read())
+    ops = set()
+    for plane in space.planes:
+        for line in plane.lines:
+            if line.name.startswith("tf_Compute"):
+                for event in line.events:
+                    name = plane.event_metadata[event.metadata_id].name
+                    ops.add(name.split(":")[-1])
+    return ops
+
+
+def _onednn_enabled():
+    from tensorflow.python.util import _pywrap_util_port
+
+    return _pywrap_util_port.IsMklEnabled()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_graph_inference_runs_the_onednn_kernel(dtype, tmp_path):
+    if not _onednn_enabled():
+        pytest.skip("this TensorFlow build has no oneDNN: there is no fused kernel to run")
+    layer = _layer(dtype)
+    x = tf.cast(tf.constant(_inputs((8, 197, C))), dtype)  # static shape, as predict traces
+    fused = _executed_ops(tf.function(lambda t: layer(t, training=False)), x, tmp_path / "a")
+    assert "_MklLayerNorm" in fused and "Mean" not in fused, sorted(fused)
+    with standard_ops():  # converters' form: Keras's ops, no training-mode batch norm
+        plain = _executed_ops(tf.function(lambda t: layer(t, training=False)), x, tmp_path / "b")
+    assert "_MklLayerNorm" not in plain and "Mean" in plain, sorted(plain)
+
+
+def test_keeps_layer_normalization_config_and_weights(tmp_path):
+    layer = _layer(epsilon=1e-5)
+    model = keras.Sequential([keras.Input((7, C)), layer])
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.layers[0], LayerNorm)
+    assert isinstance(loaded.layers[0], keras.layers.LayerNormalization)
+    assert loaded.layers[0].epsilon == 1e-5
+    x = _inputs((2, 7, C))
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
