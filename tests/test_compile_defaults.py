@@ -1,5 +1,6 @@
 """Models default to XLA on TF/JAX (Keras's "auto" would turn it off on CPU), same numbers;
-bfloat16 models on a TF CPU take the oneDNN graph and round-trip through `.keras` as bf16."""
+bfloat16 models, and MobileViT v1 in float32, on a TF CPU take the oneDNN graph; bf16 models
+round-trip through `.keras` as bf16."""
 
 import keras
 import numpy as np
@@ -18,6 +19,28 @@ def test_xla_by_default_and_same_outputs_as_graph_mode():
     np.testing.assert_allclose(with_xla, without_xla, atol=1e-5)
     model.compile()
     assert model.jit_compile is (keras.backend.backend() in ("tensorflow", "jax"))
+
+
+def test_mobilevit_float32_takes_the_graph_on_cpu_and_int8_keeps_xla():
+    """MobileViT v1 in float32 on a TF CPU: TensorFlow's graph (measured faster there than
+    XLA, see `MobileViT.float32_cpu_graph`), same outputs as XLA; int8 and MobileViT v2 keep
+    XLA (int8 matmuls have no oneDNN kernel on the graph)."""
+    import tensorflow as tf
+
+    assert keras.backend.backend() == "tensorflow" and not tf.config.list_logical_devices("GPU")
+    model = keras_vit.create_model("mobilevit_xxs", image_size=64, num_classes=10)
+    assert model.jit_compile is False
+    images = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    on_graph = model.predict_on_batch(images)
+    model.compile(jit_compile=True)
+    np.testing.assert_allclose(model.predict_on_batch(images), on_graph, atol=1e-5)
+    model.compile()
+    assert model.jit_compile is False
+    fresh = keras_vit.create_model("mobilevit_xxs", image_size=64, num_classes=10)
+    fresh.quantize("int8")
+    assert fresh.jit_compile is True
+    v2 = keras_vit.create_model("mobilevitv2_050", image_size=64, num_classes=10)
+    assert v2.jit_compile is True
 
 
 def test_auto_keeps_keras_choice_under_a_strategy():

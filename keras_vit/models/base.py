@@ -5,7 +5,7 @@ variable names."""
 
 import keras
 
-from keras_vit._keras_compat import model_supports_jit
+from keras_vit._keras_compat import flatten_layers, model_supports_jit
 from keras_vit.models._collector import frozen_gc
 
 
@@ -25,7 +25,8 @@ class XLAByDefault:
     - float32 and int8 (`model.quantize("int8")`) on TensorFlow: XLA, CPU included. Keras's
       own "auto" turns XLA off on CPU-only TensorFlow; these models compile cleanly there and
       run about 25% faster with it (ViT-S/16, batch 8), and int8 seven times faster (TF's
-      graph runs the int8 matmuls without oneDNN).
+      graph runs the int8 matmuls without oneDNN). A family that measured faster on
+      TensorFlow's graph in float32 on a CPU sets `float32_cpu_graph` (MobileViT).
     - a bfloat16 compute dtype (`dtype="bfloat16"`, `"mixed_bfloat16"`, or
       `keras.config.set_dtype_policy`) on a TensorFlow CPU: TensorFlow's graph, where
       oneDNN runs the matmuls on the CPU's bf16 units (AMX, AVX512-BF16) with bias and GELU
@@ -35,6 +36,8 @@ class XLAByDefault:
       anyway. An explicit `jit_compile=` always wins; the torch backend keeps eager.
     """
 
+    float32_cpu_graph = False  # float32 on a TF CPU: TF's graph instead of XLA
+
     def _resolve_auto_jit_compile(self):  # Keras's hook behind jit_compile="auto"
         backend = keras.backend.backend()
         if backend == "jax":
@@ -43,8 +46,12 @@ class XLAByDefault:
             import tensorflow as tf
 
             if not (tf.distribute.has_strategy() or self.distribute_strategy_is_set()):
-                if self.dtype_policy.compute_dtype == "bfloat16" and not _has_accelerator():
-                    return False
+                if not _has_accelerator():
+                    compute = self.dtype_policy.compute_dtype
+                    if compute == "bfloat16":
+                        return False
+                    if compute == "float32" and self.float32_cpu_graph and not _quantized(self):
+                        return False
                 return model_supports_jit(self)
         return super()._resolve_auto_jit_compile()
 
@@ -61,6 +68,10 @@ class XLAByDefault:
         import tensorflow as tf
 
         return self.distribute_strategy is not tf.distribute.get_strategy()
+
+
+def _quantized(model):
+    return any(getattr(layer, "quantization_mode", None) for layer in flatten_layers(model))
 
 
 def _has_accelerator():

@@ -224,6 +224,11 @@ class MobileViT(MobileViTBase):
         "attn_drop_rate", "drop_path_rate", "include_preprocessing", "mean", "std", "in_channels",
     )  # fmt: skip
 
+    # float32 on a CPU: TF's graph (oneDNN), where BatchNorm folds into fused conv + bias +
+    # SiLU and LayerNorm is oneDNN's kernel. In-process A/B against XLA, AMD EPYC Zen 4,
+    # 2 threads, batch 8, img/s: S 55.0 vs 48.9, XS 88.7 vs 78.1, XXS 170.5 vs 161.9.
+    float32_cpu_graph = True
+
     def __init__(
         self,
         image_size=256,
