@@ -1,7 +1,8 @@
-"""`LayerNorm` on TensorFlow's graph at inference is remapper's `_MklLayerNorm` (oneDNN's
-fused kernel, written in Keras 2's FusedBatchNormV3 form); everywhere else it is Keras's
-`LayerNormalization`. Every path must equal layer norm computed in float64, and the fused
-kernel must really run where it is meant to (the executed ops, from TF's profiler)."""
+"""`LayerNorm` and `GroupNorm1` on TensorFlow's graph at inference are remapper's
+`_MklLayerNorm` (oneDNN's fused kernel, written in Keras 2's FusedBatchNormV3 form);
+everywhere else they are Keras's `LayerNormalization` / `GroupNormalization(groups=1)`. Every
+path must equal the norm computed in float64, and the fused kernel must really run where it
+is meant to (the executed ops, from TF's profiler)."""
 
 import glob
 
@@ -10,14 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_vit.layers.layer_norm import LayerNorm, standard_ops
+from keras_vit.layers.layer_norm import GroupNorm1, LayerNorm, standard_ops
 
 C = 48
 
 
-def _layer(dtype="float32", epsilon=1e-6, seed=0):
-    layer = LayerNorm(epsilon=epsilon, dtype=dtype)
-    layer.build((None, C))
+def _layer(dtype="float32", epsilon=1e-6, seed=0, kind=LayerNorm, shape=(None, C)):
+    layer = kind(epsilon=epsilon, dtype=dtype)
+    layer.build((None,) + tuple(shape[1:]))
     rng = np.random.default_rng(seed)
     # gamma and beta far from (1, 0), so a dropped or swapped term shows
     layer.gamma.assign(rng.uniform(0.5, 2.0, C).astype(layer.gamma.dtype))
@@ -33,9 +34,11 @@ def _inputs(shape, seed=1):
 
 
 def _reference(layer, x):
+    """Layer norm over the last axis; GroupNorm1 over every axis but the batch."""
     x = np.asarray(x, np.float64)
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    axes = -1 if isinstance(layer, LayerNorm) else tuple(range(1, x.ndim))
+    mean = x.mean(axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axes, keepdims=True)
     gamma = np.asarray(keras.ops.cast(layer.gamma, "float32"), np.float64)
     beta = np.asarray(keras.ops.cast(layer.beta, "float32"), np.float64)
     return (x - mean) / np.sqrt(var + layer.epsilon) * gamma + beta
@@ -50,10 +53,13 @@ def _run(layer, x, mode, training=False):
 
 
 @pytest.mark.parametrize("mode", ["graph", "xla", "eager", "standard"])
-@pytest.mark.parametrize("shape", [(4, 7, C), (5, C)])
+@pytest.mark.parametrize(
+    "kind, shape",
+    [(LayerNorm, (4, 7, C)), (LayerNorm, (5, C)), (GroupNorm1, (3, 4, 5, C)), (GroupNorm1, (3, C))],
+)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "mixed_bfloat16"])
-def test_every_path_equals_layer_norm(dtype, shape, mode):
-    layer = _layer(dtype)
+def test_every_path_equals_the_norm(dtype, kind, shape, mode):
+    layer = _layer(dtype, kind=kind, shape=shape)
     x = tf.cast(tf.constant(_inputs(shape)), layer.compute_dtype)
     with standard_ops() if mode == "standard" else _no_context():
         out = _run(layer, x, "graph" if mode == "standard" else mode)
@@ -120,12 +126,13 @@ def _onednn_enabled():
     return _pywrap_util_port.IsMklEnabled()
 
 
+@pytest.mark.parametrize("kind, shape", [(LayerNorm, (8, 197, C)), (GroupNorm1, (8, 4, 64, C))])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_graph_inference_runs_the_onednn_kernel(dtype, tmp_path):
+def test_graph_inference_runs_the_onednn_kernel(dtype, kind, shape, tmp_path):
     if not _onednn_enabled():
         pytest.skip("this TensorFlow build has no oneDNN: there is no fused kernel to run")
-    layer = _layer(dtype)
-    x = tf.cast(tf.constant(_inputs((8, 197, C))), dtype)  # static shape, as predict traces
+    layer = _layer(dtype, kind=kind, shape=shape)
+    x = tf.cast(tf.constant(_inputs(shape)), dtype)  # static shape, as predict traces
     fused = _executed_ops(tf.function(lambda t: layer(t, training=False)), x, tmp_path / "a")
     assert "_MklLayerNorm" in fused and "Mean" not in fused, sorted(fused)
     with standard_ops():  # converters' form: Keras's ops, no training-mode batch norm
@@ -133,14 +140,20 @@ def test_graph_inference_runs_the_onednn_kernel(dtype, tmp_path):
     assert "_MklLayerNorm" not in plain and "Mean" in plain, sorted(plain)
 
 
-def test_keeps_layer_normalization_config_and_weights(tmp_path):
-    layer = _layer(epsilon=1e-5)
-    model = keras.Sequential([keras.Input((7, C)), layer])
+@pytest.mark.parametrize(
+    "kind, base, shape",
+    [
+        (LayerNorm, keras.layers.LayerNormalization, (7, C)),
+        (GroupNorm1, keras.layers.GroupNormalization, (3, 5, C)),
+    ],
+)
+def test_keeps_the_keras_layer_config_and_weights(kind, base, shape, tmp_path):
+    layer = _layer(epsilon=1e-5, kind=kind, shape=(None,) + shape)
+    model = keras.Sequential([keras.Input(shape), layer])
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert isinstance(loaded.layers[0], LayerNorm)
-    assert isinstance(loaded.layers[0], keras.layers.LayerNormalization)
+    assert isinstance(loaded.layers[0], kind) and isinstance(loaded.layers[0], base)
     assert loaded.layers[0].epsilon == 1e-5
-    x = _inputs((2, 7, C))
+    x = _inputs((2,) + shape)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)

@@ -1,5 +1,7 @@
 """Layer-level contracts: timm's resampling, drop path statistics, validation, shapes."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -159,3 +161,26 @@ def test_shift_add_depthwise_without_static_size_falls_back_to_the_convolution()
     spec = tf.TensorSpec((None, None, None, 4), tf.float32)
     y = tf.function(ours, jit_compile=True, input_signature=[spec])(x).numpy()
     np.testing.assert_allclose(y, keras.ops.convert_to_numpy(ref(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_conv_mlp_graph_form_equals_eager(activation):
+    """`Mlp(use_conv=True)` writes SiLU as `y * sigmoid(y)` on TF's graph (so grappler fuses it
+    into the conv): graph and XLA must equal eager and a numpy reference."""
+    mlp = layers.Mlp(12, activation=activation, use_conv=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 8)).astype(np.float32)
+    eager = keras.ops.convert_to_numpy(mlp(x))
+    (k1, b1), (k2, b2) = mlp.fc1.get_weights(), mlp.fc2.get_weights()
+    h = x @ k1[0, 0] + b1
+    if activation == "silu":
+        h = h / (1 + np.exp(-h))
+    else:
+        erf = np.vectorize(math.erf)
+        h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
+    np.testing.assert_allclose(eager, h @ k2[0, 0] + b2, atol=1e-5)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        for jit in (False, True):
+            out = tf.function(lambda t: mlp(t), jit_compile=jit)(x).numpy()
+            np.testing.assert_allclose(out, eager, atol=1e-5)

@@ -1,4 +1,5 @@
-"""LayerNorm that runs as oneDNN's fused kernel on TensorFlow's CPU graph.
+"""LayerNorm (and GroupNorm with one group) that run as oneDNN's fused kernel on
+TensorFlow's CPU graph.
 
 Why: Keras 3's `LayerNormalization` is about nine elementwise and reduction ops (in float32 for
 a bf16 model, with a cast each way). On TensorFlow's graph, outside XLA (the bf16 CPU path, the
@@ -16,6 +17,7 @@ their converters read only inference-mode batch norm) it is Keras's own
 """
 
 import contextlib
+import math
 import threading
 
 import keras
@@ -41,28 +43,70 @@ class LayerNorm(keras.layers.LayerNormalization):
     """`keras.layers.LayerNormalization` (same config and weights); see the module doc."""
 
     def call(self, inputs, training=None):
-        if self._fused_here(inputs, training):
+        rank = len(inputs.shape)
+        # _MklLayerNorm: inputs of rank 2 or 3, normalised over the last axis
+        last_axis = [a % rank for a in self.axis] == [rank - 1]
+        if last_axis and not self.rms_scaling and _fused_here(self, inputs, training):
             gamma = keras.ops.cast(self.gamma, inputs.dtype)
             beta = keras.ops.cast(self.beta, inputs.dtype)
             return fused_layer_norm(inputs, gamma, beta, self.epsilon)
         return super().call(inputs)
 
-    def _fused_here(self, inputs, training):
-        if keras.backend.backend() != "tensorflow" or training or self.rms_scaling:
-            return False
-        if getattr(_STATE, "standard", False) or not (self.center and self.scale):
-            return False
-        rank = len(inputs.shape)
-        # _MklLayerNorm: float32 / bfloat16 inputs of rank 2 or 3, normalised over the last axis
-        if rank not in (2, 3) or [a % rank for a in self.axis] != [rank - 1]:
-            return False
-        if keras.backend.standardize_dtype(inputs.dtype) not in ("float32", "bfloat16"):
-            return False
-        import tensorflow as tf
 
-        if tf.executing_eagerly() or _compiling_with_xla():
-            return False
-        return _fusable_here()
+@keras.saving.register_keras_serializable(package="keras_vit")
+class GroupNorm1(keras.layers.GroupNormalization):
+    """`GroupNormalization(groups=1)` (timm's `GroupNorm1`, MobileViT v2's norm): statistics
+    over every axis but the batch, scale and offset per channel (last axis). At inference on
+    TensorFlow's graph, oneDNN's LayerNorm kernel over the flattened sample `(B, H*W*C)`,
+    gamma and beta tiled to `H*W*C`; elsewhere Keras's layer (see the module doc)."""
+
+    def __init__(self, **kwargs):
+        kwargs.pop("groups", None)
+        super().__init__(groups=1, **kwargs)
+
+    def call(self, inputs, training=None):
+        sample = inputs.shape[1:]  # (H, W, C) or (P, N, C): static, for the fused form
+        static = all(d is not None for d in sample)
+        if (
+            static
+            and self.axis in (-1, len(inputs.shape) - 1)
+            and _fused_here(self, inputs, training, 4)
+        ):
+            import tensorflow as tf
+
+            repeats = math.prod(sample[:-1])  # gamma and beta repeat at each position
+            gamma = tf.tile(keras.ops.cast(self.gamma, inputs.dtype), [repeats])  # (H*W*C,)
+            beta = tf.tile(keras.ops.cast(self.beta, inputs.dtype), [repeats])
+            flat = tf.reshape(inputs, (-1, repeats * sample[-1]))  # (B, H*W*C), C fastest
+            # grappler would merge this reshape with the next one (the pattern's input would
+            # then be rank 4, which the kernel does not take); PlaceholderWithDefault, a
+            # no-copy identity it keeps, holds them apart
+            flat = tf.compat.v1.placeholder_with_default(flat, flat.shape)
+            return tf.reshape(fused_layer_norm(flat, gamma, beta, self.epsilon), tf.shape(inputs))
+        return super().call(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("groups", None)
+        return config
+
+
+def _fused_here(layer, inputs, training, max_rank=3):
+    """The fused form applies: inference on TF's CPU graph (oneDNN, no XLA, no GPU), not
+    inside `standard_ops()`, float32 / bfloat16 (its kernel's types), scale and offset on."""
+    if keras.backend.backend() != "tensorflow" or training:
+        return False
+    if getattr(_STATE, "standard", False) or not (layer.center and layer.scale):
+        return False
+    if not 2 <= len(inputs.shape) <= max_rank:
+        return False
+    if keras.backend.standardize_dtype(inputs.dtype) not in ("float32", "bfloat16"):
+        return False
+    import tensorflow as tf
+
+    if tf.executing_eagerly() or _compiling_with_xla():
+        return False
+    return _fusable_here()
 
 
 def fused_layer_norm(x, gamma, beta, epsilon):

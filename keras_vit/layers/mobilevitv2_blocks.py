@@ -11,6 +11,7 @@ import numpy as np
 
 from keras_vit.layers._validation import non_negative_int, pair, positive_int, rate
 from keras_vit.layers.drop_path import DropPath
+from keras_vit.layers.layer_norm import GroupNorm1
 from keras_vit.layers.linear_attention import LinearSelfAttention
 from keras_vit.layers.mlp import Mlp, _activation
 from keras_vit.layers.mobilevit_blocks import (
@@ -24,7 +25,7 @@ from keras_vit.layers.mobilevit_blocks import (
 
 def _group_norm_1(epsilon, name, dtype):
     """timm's `GroupNorm1`: one group, so statistics over all of (P, N, C) per sample."""
-    return keras.layers.GroupNormalization(groups=1, epsilon=epsilon, name=name, dtype=dtype)
+    return GroupNorm1(epsilon=epsilon, name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
