@@ -1,5 +1,7 @@
 import keras
 
+from keras_vit.layers.trace_context import compiling_with_xla
+
 
 @keras.saving.register_keras_serializable(package="keras_vit")
 class ShiftAddDepthwiseConv2D(keras.layers.DepthwiseConv2D):
@@ -30,7 +32,7 @@ class ShiftAddDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         """This layer's convolution of `x` (B, H, W, C) with `kernel` (kh, kw, C, 1) plus `bias`
         (C,) or None, no activation: what `ConvNormAct` calls with BatchNorm folded in."""
         static = x.shape[1] is not None and x.shape[2] is not None  # the slices need it
-        if static and self._shift_add_supported() and _compiling_with_xla():
+        if static and self._shift_add_supported() and compiling_with_xla():
             if self.padding == "same":  # stride 1, odd or even kernel: Keras pads (k-1)//2 first
                 ph, pw = self.kernel_size[0] - 1, self.kernel_size[1] - 1
                 pads = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
@@ -69,18 +71,3 @@ class ShiftAddDepthwiseConv2D(keras.layers.DepthwiseConv2D):
                 tap = x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
                 y = tap * kernel[i, j] if y is None else y + tap * kernel[i, j]
         return y
-
-
-def _compiling_with_xla():
-    """True while tracing for XLA: always on JAX; on TF, inside a `jit_compile=True` function."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        return True
-    if backend != "tensorflow":
-        return False
-    import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util  # TF has no public form of this test
-
-    if tf.executing_eagerly():
-        return False
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())

@@ -22,7 +22,7 @@ import threading
 
 import keras
 
-from keras_vit.layers.depthwise_conv import _compiling_with_xla
+from keras_vit.layers.trace_context import onednn_graph
 
 _STATE = threading.local()
 
@@ -102,11 +102,7 @@ def _fused_here(layer, inputs, training, max_rank=3):
         return False
     if keras.backend.standardize_dtype(inputs.dtype) not in ("float32", "bfloat16"):
         return False
-    import tensorflow as tf
-
-    if tf.executing_eagerly() or _compiling_with_xla():
-        return False
-    return _fusable_here()
+    return onednn_graph()
 
 
 def fused_layer_norm(x, gamma, beta, epsilon):
@@ -133,18 +129,3 @@ def fused_layer_norm(x, gamma, beta, epsilon):
         is_training=True,
     )[0]
     return tf.reshape(normed, shape) * gamma + beta
-
-
-_FUSABLE = []
-
-
-def _fusable_here():
-    """oneDNN in this TensorFlow build (else the form is a slower, bf16-rounded batch norm)
-    and no GPU (cuDNN's batch norm rejects an epsilon under 1e-5, and has no such fusion)."""
-    if not _FUSABLE:
-        import tensorflow as tf
-        from tensorflow.python.util import _pywrap_util_port  # TF has no public form
-
-        onednn = _pywrap_util_port.IsMklEnabled()
-        _FUSABLE.append(onednn and not tf.config.list_logical_devices("GPU"))
-    return _FUSABLE[0]

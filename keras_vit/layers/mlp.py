@@ -2,6 +2,7 @@ import keras
 
 from keras_vit.layers._validation import positive_int, rate
 from keras_vit.layers.flat_tokens import apply_flat
+from keras_vit.layers.trace_context import onednn_graph
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -48,13 +49,8 @@ class Mlp(keras.layers.Layer):
         """The activation after the 1x1 conv `fc1`. SiLU on TensorFlow's graph (not XLA) as
         `y * sigmoid(y)`, the form grappler fuses into oneDNN's conv (`tf.nn.silu`'s custom
         gradient hides it; a separate `_MklSwish` pass costs ~9% of the MLP)."""
-        if self.activation in ("silu", "swish") and keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            from keras_vit.layers.depthwise_conv import _compiling_with_xla
-
-            if not _compiling_with_xla():
-                return y * tf.math.sigmoid(y)
+        if self.activation in ("silu", "swish") and onednn_graph():
+            return y * keras.ops.sigmoid(y)
         return self._act(y)
 
     def _forward(self, x, training=None):  # (M, C) -> (M, out)

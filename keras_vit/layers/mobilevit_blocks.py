@@ -10,12 +10,13 @@ import math
 import keras
 
 from keras_vit.layers._validation import pair, positive_int, rate
-from keras_vit.layers.depthwise_conv import ShiftAddDepthwiseConv2D, _compiling_with_xla
+from keras_vit.layers.depthwise_conv import ShiftAddDepthwiseConv2D
 from keras_vit.layers.drop_path import DropPath
 from keras_vit.layers.layer_norm import LayerNorm
 from keras_vit.layers.mlp import _activation
 from keras_vit.layers.precision import classifier_dtype
 from keras_vit.layers.squeeze_excite import SqueezeExcite, make_divisible
+from keras_vit.layers.trace_context import compiling_with_xla
 from keras_vit.layers.transformer_block import TransformerBlock
 
 # timm's BatchNorm2d / LayerNorm defaults: eps 1e-5 (torch momentum 0.1 is Keras's 0.9)
@@ -35,7 +36,7 @@ def _bias_act(y, bias, activation, act):
     before it (oneDNN's conv with bias and activation as post-ops, `_FusedConv2D`,
     `_FusedDepthwiseConv2dNative`): `BiasAdd`, and SiLU as `x * sigmoid(x)` (`tf.nn.silu`'s
     custom gradient hides that pattern)."""
-    if keras.backend.backend() == "tensorflow" and not _compiling_with_xla():
+    if keras.backend.backend() == "tensorflow" and not compiling_with_xla():
         import tensorflow as tf
 
         y = tf.nn.bias_add(y, bias)
@@ -136,7 +137,7 @@ class ConvNormAct(keras.layers.Layer):
         # (quantized: Keras 3.15 quantizes no conv, a later one may).
         if (
             (training and self.bn.trainable)
-            or _compiling_with_xla()
+            or compiling_with_xla()
             or self.conv.quantization_mode is not None
         ):
             x = self.bn(self.conv(x), training=training)

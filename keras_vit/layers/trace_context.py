@@ -1,0 +1,49 @@
+"""What the layers are being traced for, where they choose between equal forms of one op.
+
+`compiling_with_xla()`: XLA fuses elementwise chains itself and has its own kernels (the
+depthwise conv as shifted products, BatchNorm left unfolded). `onednn_graph()`: TensorFlow's
+graph on a oneDNN CPU build, where grappler's remapper turns certain op patterns into fused
+oneDNN kernels (conv + bias + SiLU, `_MklLayerNorm`) and oneDNN reads bf16 directly.
+"""
+
+import keras
+
+
+def compiling_with_xla():
+    """True while tracing for XLA: always on JAX; on TF, inside a `jit_compile=True` function."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True
+    if backend != "tensorflow":
+        return False
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util  # TF has no public form of this test
+
+    if tf.executing_eagerly():
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def onednn_graph():
+    """True while tracing a TensorFlow graph (not eager, not XLA) that will run on oneDNN:
+    a oneDNN build of TensorFlow and no GPU (whose kernels have none of these fusions)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    if tf.executing_eagerly() or compiling_with_xla():
+        return False
+    return _onednn_cpu()
+
+
+_ONEDNN_CPU = []
+
+
+def _onednn_cpu():
+    if not _ONEDNN_CPU:
+        import tensorflow as tf
+        from tensorflow.python.util import _pywrap_util_port  # TF has no public form
+
+        onednn = _pywrap_util_port.IsMklEnabled()
+        _ONEDNN_CPU.append(onednn and not tf.config.list_logical_devices("GPU"))
+    return _ONEDNN_CPU[0]
