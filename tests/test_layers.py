@@ -72,6 +72,46 @@ def test_attention_matches_explicit_softmax():
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
 
 
+def _attention_reference(attn, x):
+    """timm's Attention in float64 numpy from the layer's weights: x (B, N, D) -> (B, N, D)."""
+    b, n, d = x.shape
+    h, hd = attn.num_heads, attn.head_dim
+    w = [np.asarray(keras.ops.cast(v, "float32"), np.float64) for v in attn.weights]
+    qkv = (x @ w[0] + w[1]).reshape(b, n, 3, h, hd).transpose(2, 0, 3, 1, 4)  # (3, B, h, N, hd)
+    logits = qkv[0] @ qkv[1].transpose(0, 1, 3, 2) * hd**-0.5
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    out = (p / p.sum(-1, keepdims=True)) @ qkv[2]  # (B, h, N, hd)
+    return out.transpose(0, 2, 1, 3).reshape(b, n, d) @ w[2] + w[3]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_attention_paths_match_timm_formula(dtype):
+    """Eager, TF's graph (one qkv transpose; bf16 softmax read directly by oneDNN) and XLA
+    all compute timm's attention; bf16 within its rounding (8 bits)."""
+    attn = layers.MultiHeadSelfAttention(48, 4, dtype=dtype)
+    attn.build((None, 11, 48))
+    rng = np.random.default_rng(3)
+    for v in attn.weights:  # every weight random: a swapped q/k/v or head order shows
+        v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
+    x = rng.normal(0, 1, (2, 11, 48)).astype(np.float32)
+    x_in = keras.ops.cast(x, dtype)
+    ref = _attention_reference(attn, np.asarray(keras.ops.cast(x_in, "float32"), np.float64))
+    runs = {"eager": lambda: attn(x_in)}
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        runs["graph"] = lambda: tf.function(attn)(x_in)
+        runs["xla"] = lambda: tf.function(attn, jit_compile=True)(x_in)
+    for name, run in runs.items():
+        out = np.asarray(keras.ops.cast(run(), "float32"))
+        if dtype == "float32":
+            np.testing.assert_allclose(out, ref, atol=2e-5, err_msg=name)
+        else:
+            err = np.abs(out - ref).max() / np.abs(ref).max()
+            corr = np.corrcoef(out.ravel(), ref.ravel())[0, 1]
+            assert err < 0.03 and corr > 0.9995, (name, err, corr)
+
+
 @pytest.mark.parametrize(
     "make,message",
     [

@@ -50,15 +50,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         batch, tokens = keras.ops.shape(x)[0], keras.ops.shape(x)[1]
         qkv = apply_flat(self.qkv, x)  # (B, N, 3D), one 2-D matmul + bias (see flat_tokens)
         qkv = keras.ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self.head_dim))
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, N, heads, head_dim)
         use_dropout = training and self.attn_drop > 0
         if return_attention_scores or use_dropout:
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, N, heads, head_dim)
             attn = self.attention_weights(q, k)  # (B, heads, N, N)
             dropped = self.attn_dropout(attn, training=training)
             out = keras.ops.einsum("bhqk,bkhd->bqhd", keras.ops.cast(dropped, v.dtype), v)
         else:
             attn = None
-            out = _attend(q, k, v, self.scale)  # (B, N, heads, hd)
+            out = _attend(qkv, self.scale)  # (B, N, heads, hd)
         out = keras.ops.reshape(out, (batch, tokens, self.dim))  # (B, N, D)
         out = self.proj_dropout(apply_flat(self.proj, out), training=training)
         return (out, attn) if return_attention_scores else out
@@ -77,10 +77,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         }
 
 
-def _attend(q, k, v, scale):
-    """Softmax attention of q, k, v `(B, N, heads, head_dim)`, the backend's fastest way."""
+def _attend(qkv, scale):
+    """Softmax attention of qkv `(B, N, 3, heads, head_dim)` -> `(B, N, heads, head_dim)`,
+    the backend's fastest way."""
     if keras.backend.backend() == "tensorflow":
-        from keras_vit.layers.tf_attention import matmul_attention
+        from keras_vit.layers.tf_attention import qkv_attention
 
-        return matmul_attention(q, k, v, scale)
+        return qkv_attention(qkv, scale)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, N, heads, head_dim)
     return keras.ops.dot_product_attention(q, k, v, scale=scale)
