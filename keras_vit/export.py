@@ -203,9 +203,9 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K, transform=Non
         raise ValueError(f"`top_k` must be a positive int, got {top_k!r}.")
     size = input_size(model)
     names = resolve_class_names(model, class_names)
-    # the compile path `predict` takes (keras_vit/models/base.py: XLA for float32 and int8,
-    # TensorFlow's oneDNN graph for bfloat16 on a CPU), so the export serves at its speed
-    jit = bool(getattr(model, "jit_compile", False))
+    # the compile path `predict` takes (keras_vit/models/base.py: XLA or TensorFlow's oneDNN
+    # graph by family, dtype and device), so the export serves at its speed
+    jit = bool(getattr(model, "predict_jit_compile", getattr(model, "jit_compile", False)))
     forward = serving_function(model, top_k, names, jit)
     serve_bytes = bytes_function(model, transform, top_k, names, jit)
 

@@ -1,6 +1,6 @@
 """Models default to XLA on TF/JAX (Keras's "auto" would turn it off on CPU), same numbers;
-bfloat16 models, and MobileViT v1 in float32, on a TF CPU take the oneDNN graph; bf16 models
-round-trip through `.keras` as bf16."""
+on a TF CPU bfloat16 models, MobileViT v1 in float32, and ViT's float32 `predict` take the
+oneDNN graph; bf16 models round-trip through `.keras` as bf16."""
 
 import keras
 import numpy as np
@@ -8,17 +8,29 @@ import numpy as np
 import keras_vit
 
 
-def test_xla_by_default_and_same_outputs_as_graph_mode():
+def test_vit_trains_under_xla_and_predicts_on_the_graph_with_the_same_outputs(tmp_path):
+    """ViT: "auto" trains under XLA on TF and JAX; on a TF CPU `predict` takes TensorFlow's
+    graph (faster there in float32, `VisionTransformer.float32_cpu_graph`), same numbers. An
+    explicit `jit_compile` wins for both; a `.keras` file keeps "auto" or the explicit value."""
+    tf_cpu = keras.backend.backend() == "tensorflow"
     model = keras_vit.create_model("vit_tiny_patch16_224", depth=2, image_size=64)
-    assert model.jit_compile is True  # uncompiled model: predict runs under XLA
+    assert model.jit_compile is True  # uncompiled model: fit would run under XLA
+    assert model.predict_jit_compile is (not tf_cpu)
     images = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
-    with_xla = model.predict_on_batch(images)
-    model.compile(jit_compile=False)  # explicit choice wins
-    assert model.jit_compile is False
-    without_xla = model.predict_on_batch(images)
-    np.testing.assert_allclose(with_xla, without_xla, atol=1e-5)
-    model.compile()
-    assert model.jit_compile is (keras.backend.backend() in ("tensorflow", "jax"))
+    default = model.predict_on_batch(images)
+    model.compile(jit_compile=True)  # explicit choice wins, predict included
+    assert model.jit_compile is True and model.predict_jit_compile is True
+    np.testing.assert_allclose(model.predict_on_batch(images), default, atol=1e-5)
+    model.compile(jit_compile=False)
+    assert model.jit_compile is False and model.predict_jit_compile is False
+    np.testing.assert_allclose(model.predict_on_batch(images), default, atol=1e-5)
+    for jit, expected in (("auto", (True, not tf_cpu)), (True, (True, True))):
+        model.compile(optimizer="sgd", loss="mse", jit_compile=jit)
+        assert (model.jit_compile, model.predict_jit_compile) == expected, jit
+        path = tmp_path / f"{jit}.keras"
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+        assert loaded.compiled and (loaded.jit_compile, loaded.predict_jit_compile) == expected
 
 
 def test_mobilevit_float32_takes_the_graph_on_cpu_and_int8_keeps_xla():
@@ -29,7 +41,7 @@ def test_mobilevit_float32_takes_the_graph_on_cpu_and_int8_keeps_xla():
 
     assert keras.backend.backend() == "tensorflow" and not tf.config.list_logical_devices("GPU")
     model = keras_vit.create_model("mobilevit_xxs", image_size=64, num_classes=10)
-    assert model.jit_compile is False
+    assert model.jit_compile is False and model.predict_jit_compile is False  # fit too
     images = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
     on_graph = model.predict_on_batch(images)
     model.compile(jit_compile=True)
@@ -38,9 +50,9 @@ def test_mobilevit_float32_takes_the_graph_on_cpu_and_int8_keeps_xla():
     assert model.jit_compile is False
     fresh = keras_vit.create_model("mobilevit_xxs", image_size=64, num_classes=10)
     fresh.quantize("int8")
-    assert fresh.jit_compile is True
+    assert fresh.jit_compile is True and fresh.predict_jit_compile is True
     v2 = keras_vit.create_model("mobilevitv2_050", image_size=64, num_classes=10)
-    assert v2.jit_compile is True
+    assert v2.jit_compile is True and v2.predict_jit_compile is True
 
 
 def test_auto_keeps_keras_choice_under_a_strategy():

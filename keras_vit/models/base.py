@@ -26,7 +26,10 @@ class XLAByDefault:
       own "auto" turns XLA off on CPU-only TensorFlow; these models compile cleanly there and
       run about 25% faster with it (ViT-S/16, batch 8), and int8 seven times faster (TF's
       graph runs the int8 matmuls without oneDNN). A family that measured faster on
-      TensorFlow's graph in float32 on a CPU sets `float32_cpu_graph` (MobileViT).
+      TensorFlow's graph in float32 on a CPU names in `float32_cpu_graph` the functions
+      that take it instead: "predict" (`predict`, `predict_on_batch`, the SavedModel: ViT,
+      whose training stays faster under XLA) or also "fit" (training and `evaluate`:
+      MobileViT). `predict_jit_compile` is the choice `predict` makes.
     - a bfloat16 compute dtype (`dtype="bfloat16"`, `"mixed_bfloat16"`, or
       `keras.config.set_dtype_policy`) on a TensorFlow CPU: TensorFlow's graph, where
       oneDNN runs the matmuls on the CPU's bf16 units (AMX, AVX512-BF16) with bias and GELU
@@ -36,9 +39,51 @@ class XLAByDefault:
       anyway. An explicit `jit_compile=` always wins; the torch backend keeps eager.
     """
 
-    float32_cpu_graph = False  # float32 on a TF CPU: TF's graph instead of XLA
+    float32_cpu_graph = ()  # "predict", "fit": float32 on a TF CPU on TF's graph, not XLA
+
+    _jit_auto = True  # `jit_compile` is "auto"'s choice (uncompiled, or compiled with "auto")
 
     def _resolve_auto_jit_compile(self):  # Keras's hook behind jit_compile="auto"
+        return self._auto_jit_compile("fit")
+
+    def compile(self, *args, **kwargs):
+        """`keras.Model.compile`; notes whether `jit_compile` was left "auto", so `predict`
+        can make "auto"'s inference choice (`predict_jit_compile`)."""
+        jit = args[7] if len(args) > 7 else kwargs.get("jit_compile", "auto")
+        self._jit_auto = isinstance(jit, str) and jit == "auto"
+        return super().compile(*args, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()  # Keras records the value "auto" resolved to
+        if config and "jit_compile" in config and self._jit_auto:
+            config["jit_compile"] = "auto"  # so a reloaded model chooses again, per function
+        return config
+
+    def compile_from_config(self, config):
+        """Keras's (restores a `.keras` file's compile), which skips any model whose `compile`
+        is overridden; ours only notes "auto"."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if hasattr(self, "optimizer") and self.built:
+            self.optimizer.build(self.trainable_variables)  # the optimizer's variables
+
+    @property
+    def predict_jit_compile(self):
+        """Whether `predict` / `predict_on_batch` (and `export_saved_model`) run under XLA:
+        `jit_compile` when it was given explicitly, else "auto"'s choice for inference."""
+        return self._auto_jit_compile("predict") if self._jit_auto else self.jit_compile
+
+    def make_predict_function(self, force=False):
+        jit, predict_jit = self.jit_compile, self.predict_jit_compile
+        if predict_jit == jit:
+            return super().make_predict_function(force)
+        self._jit_compile = predict_jit  # what Keras reads as it builds the predict function
+        try:
+            return super().make_predict_function(force)
+        finally:
+            self._jit_compile = jit
+
+    def _auto_jit_compile(self, function):
+        """ "auto"'s choice for `function`: "fit" (training, evaluate) or "predict"."""
         backend = keras.backend.backend()
         if backend == "jax":
             return model_supports_jit(self)
@@ -50,16 +95,16 @@ class XLAByDefault:
                     compute = self.dtype_policy.compute_dtype
                     if compute == "bfloat16":
                         return False
-                    if compute == "float32" and self.float32_cpu_graph and not _quantized(self):
+                    float32_graph = function in self.float32_cpu_graph
+                    if compute == "float32" and float32_graph and not _quantized(self):
                         return False
                 return model_supports_jit(self)
         return super()._resolve_auto_jit_compile()
 
     def _reresolve_auto_jit_compile(self):
         """After `quantize` of an uncompiled model: "auto" chooses again for the new dtype
-        (Keras would keep the float32 choice). A compiled model keeps its compile's path;
-        `compile()` again to re-choose. (Overriding `compile` to remember "auto" would stop
-        Keras from restoring the compile config of a `.keras` file.)"""
+        (Keras would keep the float32 choice). A compiled model keeps its compile's path for
+        training; `compile()` again to re-choose."""
         if not self.compiled:
             self._jit_compile = None  # `jit_compile` resolves it on next use
 
