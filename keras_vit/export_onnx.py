@@ -17,6 +17,7 @@ Needs the `onnx` extra (`pip install "keras-vit-zoo[onnx]"`: onnx, tf2onnx, onnx
 """
 
 import contextlib
+import gc
 import logging
 import os
 import tempfile
@@ -162,4 +163,7 @@ def export_onnx(model, path, opset=DEFAULT_OPSET):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        # the converter leaves its frozen graph and constants in reference cycles: ViT-B/16
+        # held 14 GB after the export until the next collection (15.5 GB resident, 1.2 after)
+        gc.collect()
     return path
