@@ -358,7 +358,7 @@ def served_reduced(tmp_path_factory):
         pixels = images.astype(np.float32)
         for batch in (1, 7):
             refs[f"{precision}/{batch}"] = np.asarray(model.predict_on_batch(pixels[:batch]))
-        refs[f"{precision}/jit"] = model.jit_compile
+        refs[f"{precision}/jit"] = model.predict_jit_compile
         exports[precision] = str(tmp / precision)
         export_saved_model(model, exports[precision])
     results, report = _serve_without_keras(tmp, exports, pngs)

@@ -73,6 +73,8 @@ class XLAByDefault:
         return self._auto_jit_compile("predict") if self._jit_auto else self.jit_compile
 
     def make_predict_function(self, force=False):
+        if self.predict_function is not None and not force:
+            return self.predict_function  # Keras asks on every predict call: no re-deciding
         jit, predict_jit = self.jit_compile, self.predict_jit_compile
         if predict_jit == jit:
             return super().make_predict_function(force)
