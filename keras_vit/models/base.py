@@ -141,6 +141,9 @@ class KerasViTModel(XLAByDefault, keras.Model):
 
     # layers whose variables get no weight decay whatever their rank (timm's no_weight_decay)
     no_weight_decay_layers = ()
+    # the checkpoint config (keras_vit.pretrained.PretrainedCfg) `create_model` built this
+    # from: the eval transform, labels and export defaults read it; None for a bare model
+    pretrained_cfg = None
 
     def __init__(self, *args, dtype=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -204,15 +207,24 @@ class KerasViTModel(XLAByDefault, keras.Model):
         mode = getattr(self, "_quantization_mode", None)
         if mode is not None:  # rebuilt, then quantized, before Keras loads the weights
             config["quantization_mode"] = mode
+        if self.pretrained_cfg is not None:
+            # by name: a `.keras` file keeps the checkpoint's crop, interpolation, mean/std and
+            # labels (without them a reloaded model's `predict`/`validate` would silently fall
+            # back to timm's defaults), and the registry supplies the rest when it loads
+            config["pretrained_cfg"] = self.pretrained_cfg.name
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         mode = config.pop("quantization_mode", None)
+        cfg_name = config.pop("pretrained_cfg", None)
+        # resolved first: an unregistered checkpoint name fails before anything is built
+        pretrained_cfg = None if cfg_name is None else _registered_cfg(cfg_name)
         model = cls(**config)
         if mode is not None:
             model.quantize(mode)
+        model.pretrained_cfg = pretrained_cfg
         return model
 
     def quantize(self, mode=None, config=None, filters=None, **kwargs):
@@ -282,3 +294,16 @@ def has_distillation_head(model):
     """True when `model` has DeiT's distillation head (`dist_logits` among its heads)."""
     heads = classifier_heads(model)
     return heads is not None and "dist_logits" in heads.output
+
+
+def _registered_cfg(name):
+    """The registered checkpoint config a saved model names, or a ValueError that says so."""
+    from keras_vit.pretrained import get_pretrained_cfg
+
+    try:
+        return get_pretrained_cfg(name)
+    except ValueError as error:
+        raise ValueError(
+            f"The saved model names the checkpoint config {name!r}, which this keras_vit "
+            f"does not register ({error})"
+        ) from None
