@@ -42,11 +42,11 @@ def files(tmp_path_factory):
     big = uint8_images(1, 50, 70, seed=9)[0]
     Image.fromarray(big).save(tmp / "big.jpg")
     (tmp / "notes.jpg").write_text("not an image")
-    # predict applies timm's eval transform; a .keras file has no checkpoint cfg: timm's
-    # defaults (0.875, center, bicubic)
+    # predict applies timm's eval transform from the checkpoint config the .keras file keeps
+    # (the model's tag's crop and interpolation, at its 32 px input)
     from keras_vit.data.transform import EvalTransform
 
-    steps, _ = timm_eval_steps(EvalTransform((32, 32)))
+    steps, _ = timm_eval_steps(EvalTransform.from_model(model))
     pixels = np.stack([timm_eval_pixels(open(p, "rb").read(), steps) for p in paths])
     probs = serving_function(model, 3)(pixels.astype(np.float32))
     return tmp, paths, {k: np.asarray(v) for k, v in probs.items()}

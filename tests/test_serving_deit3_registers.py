@@ -108,9 +108,9 @@ def test_predict_top_k_is_the_models_softmax(name, tmp_path, capsys):
     size = MODELS[name][0]
     images = uint8_images(2, size, size, seed=6)
     paths = _pngs(images, tmp_path)
-    model.save(tmp_path / "m.keras")  # a .keras file keeps no checkpoint cfg: timm's defaults
-    defaults = EvalTransform.from_cfg(None, (size, size))
-    probs = _softmax(_on_eval_pixels(model, [p.read_bytes() for p in paths], defaults))
+    model.save(tmp_path / "m.keras")  # the file keeps the checkpoint cfg: its tag's transform
+    transform = EvalTransform.from_model(model)
+    probs = _softmax(_on_eval_pixels(model, [p.read_bytes() for p in paths], transform))
     assert cli_main(["predict", *map(str, paths), "--weights", str(tmp_path / "m.keras")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 * 6  # per image: its path and 5 ranked lines

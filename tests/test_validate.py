@@ -149,7 +149,9 @@ def test_cli_writes_timms_columns(folder, tmp_path, tiny_keras):
     for key in ("top1", "top5", "img_size", "crop_pct", "interpolation", "param_count"):
         assert row[key] == expected[key], key
     assert row["loss"] == pytest.approx(expected["loss"], abs=1e-5)
-    assert row["img_size"] == 32 and row["crop_pct"] == 0.875  # timm's defaults, no cfg
+    # the .keras file keeps the checkpoint cfg: its crop, not timm's default 0.875
+    cfg = keras_vit.get_pretrained_cfg("deit_tiny_distilled_patch16_224")
+    assert row["img_size"] == 32 and row["crop_pct"] == cfg.crop_pct
     proc = _cli("validate", "--weights", tiny_keras, "--data", folder, "--results-file", out_csv)
     assert proc.returncode == 0, proc.stderr
     with open(out_csv) as f:
