@@ -93,7 +93,12 @@ def resample_patch_embed(patch_embed, new_size, interpolation="bicubic", antiali
     rows = _resize_matrix(old_size[0], new_size[0], interpolation, antialias)  # (h', h)
     cols = _resize_matrix(old_size[1], new_size[1], interpolation, antialias)  # (w', w)
     resize = np.kron(rows, cols)  # (h'w', hw): row-major flattened patches, as torch's reshape
-    pinv = np.linalg.pinv(resize)  # (hw, h'w')
+    # timm's cutoff (torch.linalg.pinv in float32: singular values below float32 eps * max
+    # dim * the largest are zero). A resize that shrinks one side and grows the other
+    # (16 -> (12, 20)) is rank-deficient; numpy's float64 default (1e-15) keeps its
+    # round-off singular values, and their inverses (~1e13) swamp the kernel on some CPUs.
+    rcond = np.finfo(np.float32).eps * max(resize.shape)
+    pinv = np.linalg.pinv(resize, rcond=rcond)  # (hw, h'w')
     c_out, c_in = patch_embed.shape[:2]
     flat = patch_embed.reshape(c_out, c_in, -1).astype(np.float64)  # (out, in, hw)
     out = (flat @ pinv).reshape(c_out, c_in, *new_size)  # (out, in, h', w')
