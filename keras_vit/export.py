@@ -28,6 +28,9 @@ TensorFlow is imported inside the functions, so `import keras_vit` stays backend
 import os
 import tempfile
 
+from keras_vit.models.base import freezes_kernels
+from keras_vit.models.frozen_kernels import KernelSnapshot
+
 TOP_K = 5
 QUANTIZATIONS = (None, "dynamic", "float16", "int8")
 CALIBRATION_IMAGES = 100  # digits for the full-integer calibration when none are given
@@ -121,12 +124,15 @@ def decode_images(image_bytes, transform):
     return transform.batch_from_bytes(image_bytes)
 
 
-def serving_function(model, top_k=TOP_K, class_names=None, jit_compile=False):
+def serving_function(model, top_k=TOP_K, class_names=None, jit_compile=False, freeze_kernels=False):
     """pixels float32 `[N, H, W, 3]` in 0..255 -> the output dict (see the module doc).
 
     `jit_compile`: run the model itself (not the decoding around it) as one XLA cluster,
     as `predict` does where XLA is the model's path (float32, int8); a SavedModel keeps the
-    cluster, so TF Serving runs it compiled too."""
+    cluster, so TF Serving runs it compiled too. `freeze_kernels`: trace the model with its
+    matmul kernels as graph constants, as `predict` does on TF's oneDNN graph in bfloat16
+    (keras_vit/models/frozen_kernels.py); the kernels are those of the moment of tracing."""
+    import keras
     import tensorflow as tf
 
     from keras_vit.layers.preprocessing import normalize
@@ -139,6 +145,13 @@ def serving_function(model, top_k=TOP_K, class_names=None, jit_compile=False):
     run_model = lambda x: model(x, training=False)  # noqa: E731
     if jit_compile:
         run_model = tf.function(run_model, jit_compile=True)
+    elif freeze_kernels:
+        snapshot = KernelSnapshot(model)
+        traced = run_model
+
+        def run_model(x):
+            with keras.StatelessScope(state_mapping=snapshot.state_mapping()):
+                return traced(x)
 
     def forward(pixels):
         x = pixels
@@ -162,10 +175,12 @@ def serving_function(model, top_k=TOP_K, class_names=None, jit_compile=False):
     return forward
 
 
-def bytes_function(model, transform=None, top_k=TOP_K, class_names=None, jit_compile=False):
+def bytes_function(
+    model, transform=None, top_k=TOP_K, class_names=None, jit_compile=False, freeze_kernels=False
+):
     """string `[N]` of encoded images -> the output dict: `serve_image_bytes`, and what
     `keras-vit predict` runs, so both give the same answer."""
-    forward = serving_function(model, top_k, class_names, jit_compile)
+    forward = serving_function(model, top_k, class_names, jit_compile, freeze_kernels)
     transform = eval_transform(model, transform)
 
     def serve(image_bytes):
@@ -206,8 +221,9 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K, transform=Non
     # the compile path `predict` takes (keras_vit/models/base.py: XLA or TensorFlow's oneDNN
     # graph by family, dtype and device), so the export serves at its speed
     jit = bool(getattr(model, "predict_jit_compile", getattr(model, "jit_compile", False)))
-    forward = serving_function(model, top_k, names, jit)
-    serve_bytes = bytes_function(model, transform, top_k, names, jit)
+    freeze = not jit and freezes_kernels(model)  # and its constant kernels, where it has them
+    forward = serving_function(model, top_k, names, jit, freeze)
+    serve_bytes = bytes_function(model, transform, top_k, names, jit, freeze)
 
     def serve_pixels(images):
         return forward(images)

@@ -33,13 +33,14 @@ def onednn_graph():
 
     if tf.executing_eagerly() or compiling_with_xla():
         return False
-    return _onednn_cpu()
+    return onednn_cpu()
 
 
 _ONEDNN_CPU = []
 
 
-def _onednn_cpu():
+def onednn_cpu():
+    """True on a oneDNN build of TensorFlow with no GPU visible."""
     if not _ONEDNN_CPU:
         import tensorflow as tf
         from tensorflow.python.util import _pywrap_util_port  # TF has no public form

@@ -7,6 +7,7 @@ import keras
 
 from keras_vit._keras_compat import flatten_layers, model_supports_jit
 from keras_vit.models._collector import frozen_gc
+from keras_vit.models.frozen_kernels import KernelSnapshot, frozen_kernel_variables
 
 
 class Views:
@@ -72,10 +73,16 @@ class XLAByDefault:
         `jit_compile` when it was given explicitly, else "auto"'s choice for inference."""
         return self._auto_jit_compile("predict") if self._jit_auto else self.jit_compile
 
+    # the kernels the predict function was traced with as constants (frozen_kernels.py),
+    # or None where `predict` reads the variables
+    _kernel_snapshot = None
+
     def make_predict_function(self, force=False):
         if self.predict_function is not None and not force:
             return self.predict_function  # Keras asks on every predict call: no re-deciding
         jit, predict_jit = self.jit_compile, self.predict_jit_compile
+        freeze = not predict_jit and freezes_kernels(self)
+        self._kernel_snapshot = KernelSnapshot(self) if freeze else None
         if predict_jit == jit:
             return super().make_predict_function(force)
         self._jit_compile = predict_jit  # what Keras reads as it builds the predict function
@@ -83,6 +90,26 @@ class XLAByDefault:
             return super().make_predict_function(force)
         finally:
             self._jit_compile = jit
+
+    def predict_step(self, data):
+        import tensorflow as tf
+
+        snapshot = self._kernel_snapshot
+        if snapshot is None or tf.executing_eagerly():  # eager: nothing to trace constants into
+            return super().predict_step(data)
+        with keras.StatelessScope(state_mapping=snapshot.state_mapping()):
+            return super().predict_step(data)
+
+    def _drop_stale_predict_function(self):
+        """Before `predict` / `predict_on_batch`: a predict function traced with frozen
+        kernels is dropped (and traced again) once any kernel has changed since."""
+        snapshot = self._kernel_snapshot
+        if snapshot is None or self.predict_function is None:
+            return
+        same = [id(v) for v in frozen_kernel_variables(self)] == [id(v) for v in snapshot.variables]
+        if not same or snapshot.changed():
+            self.predict_function = None
+            self._kernel_snapshot = None
 
     def _auto_jit_compile(self, function):
         """ "auto"'s choice for `function`: "fit" (training, evaluate) or "predict"."""
@@ -119,6 +146,28 @@ class XLAByDefault:
 
 def _quantized(model):
     return any(getattr(layer, "quantization_mode", None) for layer in flatten_layers(model))
+
+
+def freezes_kernels(model):
+    """Whether TF-graph inference (`predict`, the SavedModel) of `model` takes its matmul
+    kernels as constants (keras_vit/models/frozen_kernels.py): TensorFlow on a oneDNN CPU,
+    a compute dtype measured faster that way, float kernels (not int8), no tf.distribute
+    strategy (whose replicas each read their own copy of the variables)."""
+    if keras.backend.backend() != "tensorflow" or _quantized(model):
+        return False
+    if model.dtype_policy.compute_dtype not in FROZEN_KERNEL_DTYPES:
+        return False
+    import tensorflow as tf
+
+    from keras_vit.layers.trace_context import onednn_cpu
+
+    if tf.distribute.has_strategy() or model.distribute_strategy_is_set():
+        return False
+    return onednn_cpu()
+
+
+# compute dtypes whose inference on TF's oneDNN graph freezes the kernels (measured faster)
+FROZEN_KERNEL_DTYPES = ("bfloat16",)
 
 
 def _has_accelerator():
@@ -163,10 +212,12 @@ class KerasViTModel(XLAByDefault, keras.Model):
 
     def predict(self, x, *args, **kwargs):
         self.check_input_shape(x)
+        self._drop_stale_predict_function()
         return super().predict(x, *args, **kwargs)
 
     def predict_on_batch(self, x):
         self.check_input_shape(x)
+        self._drop_stale_predict_function()
         return super().predict_on_batch(x)
 
     def check_input_shape(self, images):
