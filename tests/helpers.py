@@ -228,3 +228,27 @@ WITHOUT_KERAS_PRELUDE = textwrap.dedent(
     import tensorflow as tf
     """
 )
+
+
+def executed_ops(fn, x, logdir):
+    """Op types that ran in one call of the tf.function `fn`, from TF's profiler trace."""
+    import glob
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    fn(x)  # traced and optimised before the profile
+    tf.profiler.experimental.start(str(logdir))
+    fn(x)
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    with open(glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")[-1], "rb") as f:
+        space.ParseFromString(f.read())
+    ops = []
+    for plane in space.planes:
+        for line in plane.lines:
+            if line.name.startswith("tf_Compute"):
+                for event in line.events:
+                    name = plane.event_metadata[event.metadata_id].name
+                    ops.append(name.split(":")[-1])
+    return ops

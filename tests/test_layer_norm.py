@@ -4,14 +4,13 @@ everywhere else they are Keras's `LayerNormalization` / `GroupNormalization(grou
 path must equal the norm computed in float64, and the fused kernel must really run where it
 is meant to (the executed ops, from TF's profiler)."""
 
-import glob
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_vit.layers.layer_norm import GroupNorm1, LayerNorm, standard_ops
+from tests.helpers import executed_ops
 
 C = 48
 
@@ -99,27 +98,6 @@ class _no_context:
         return False
 
 
-def _executed_ops(fn, x, logdir):
-    """Op types that ran in one call of the tf.function `fn`, from TF's profiler trace."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    fn(x)  # traced and optimised before the profile
-    tf.profiler.experimental.start(str(logdir))
-    fn(x)
-    tf.profiler.experimental.stop()
-    space = xplane_pb2.XSpace()
-    with open(glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")[-1], "rb") as f:
-        space.ParseFromString(f.read())
-    ops = set()
-    for plane in space.planes:
-        for line in plane.lines:
-            if line.name.startswith("tf_Compute"):
-                for event in line.events:
-                    name = plane.event_metadata[event.metadata_id].name
-                    ops.add(name.split(":")[-1])
-    return ops
-
-
 def _onednn_enabled():
     from tensorflow.python.util import _pywrap_util_port
 
@@ -133,10 +111,10 @@ def test_graph_inference_runs_the_onednn_kernel(dtype, kind, shape, tmp_path):
         pytest.skip("this TensorFlow build has no oneDNN: there is no fused kernel to run")
     layer = _layer(dtype, kind=kind, shape=shape)
     x = tf.cast(tf.constant(_inputs(shape)), dtype)  # static shape, as predict traces
-    fused = _executed_ops(tf.function(lambda t: layer(t, training=False)), x, tmp_path / "a")
+    fused = executed_ops(tf.function(lambda t: layer(t, training=False)), x, tmp_path / "a")
     assert "_MklLayerNorm" in fused and "Mean" not in fused, sorted(fused)
     with standard_ops():  # converters' form: Keras's ops, no training-mode batch norm
-        plain = _executed_ops(tf.function(lambda t: layer(t, training=False)), x, tmp_path / "b")
+        plain = executed_ops(tf.function(lambda t: layer(t, training=False)), x, tmp_path / "b")
     assert "_MklLayerNorm" not in plain and "Mean" in plain, sorted(plain)
 
 

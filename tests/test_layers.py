@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from keras_vit import layers
+from tests.helpers import executed_ops
 
 
 @pytest.mark.parametrize(
@@ -96,12 +97,15 @@ def test_attention_paths_match_timm_formula(dtype):
     x = rng.normal(0, 1, (2, 11, 48)).astype(np.float32)
     x_in = keras.ops.cast(x, dtype)
     ref = _attention_reference(attn, np.asarray(keras.ops.cast(x_in, "float32"), np.float64))
+    residual = keras.ops.cast(rng.normal(0, 1, (2, 11, 48)).astype(np.float32), dtype)
     runs = {"eager": lambda: attn(x_in)}
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         runs["graph"] = lambda: tf.function(attn)(x_in)
         runs["xla"] = lambda: tf.function(attn, jit_compile=True)(x_in)
+        # the residual added after the projection (fused into it on the graph)
+        runs["graph_residual"] = lambda: tf.function(attn)(x_in, residual=residual) - residual
     for name, run in runs.items():
         out = np.asarray(keras.ops.cast(run(), "float32"))
         if dtype == "float32":
@@ -110,6 +114,33 @@ def test_attention_paths_match_timm_formula(dtype):
             err = np.abs(out - ref).max() / np.abs(ref).max()
             corr = np.corrcoef(out.ravel(), ref.ravel())[0, 1]
             assert err < 0.03 and corr > 0.9995, (name, err, corr)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_block_residuals_fuse_into_the_matmuls_on_tf_graph(dtype, tmp_path):
+    """On TF's oneDNN graph a block without layer scale adds each residual inside the
+    matmul before it (no separate AddV2 over the tokens), with the eager block's answer."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's graph only")
+    import tensorflow as tf
+
+    from keras_vit.layers.trace_context import onednn_cpu
+
+    if not onednn_cpu():
+        pytest.skip("this TensorFlow build has no oneDNN: there is no fused kernel to run")
+    block = layers.TransformerBlock(48, 4, dtype=dtype)
+    block.build((None, 11, 48))
+    rng = np.random.default_rng(4)
+    for v in block.weights:
+        v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
+    x = keras.ops.cast(rng.normal(0, 1, (2, 11, 48)).astype(np.float32), dtype)
+    ops = executed_ops(tf.function(lambda t: block(t, training=False)), x, tmp_path)
+    assert "AddV2" not in ops and ops.count("_MklNativeFusedMatMul") == 4, sorted(ops)
+    graph = np.asarray(tf.cast(tf.function(lambda t: block(t, training=False))(x), tf.float32))
+    eager = np.asarray(keras.ops.cast(block(x, training=False), "float32"))
+    assert np.abs(eager).max() > 1.0  # the branches matter, not just the residual
+    tol = 1e-5 if dtype == "float32" else 0.05 * np.abs(eager).max()
+    np.testing.assert_allclose(graph, eager, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize(

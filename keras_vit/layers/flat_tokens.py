@@ -10,10 +10,18 @@ over every activation. XLA fuses either form, so this costs nothing there.
 import keras
 
 
-def apply_flat(fn, x, **kwargs):
-    """`fn` applied to `x` `(..., C)` seen as `(M, C)`, reshaped back to `(..., C_out)`."""
+def apply_flat(fn, x, residual=None, **kwargs):
+    """`fn` applied to `x` `(..., C)` seen as `(M, C)`, reshaped back to `(..., C_out)`.
+
+    `residual` (shaped as the output, or None): added to `fn`'s output on the `(M, C_out)`
+    matrix, before the reshape back, where grappler's remapper fuses a matmul + bias + add
+    of equal shapes into one oneDNN call (the sum as a post-op: one pass over the tokens
+    fewer per residual branch, about 6% of DeiT-S bf16's time as a separate `AddV2`)."""
     if len(x.shape) <= 2:
-        return fn(x, **kwargs)
+        y = fn(x, **kwargs)
+        return y if residual is None else y + residual
     lead = keras.ops.shape(x)[:-1]  # (B, N) or (B, H, W), dynamic where unknown
     y = fn(keras.ops.reshape(x, (-1, x.shape[-1])), **kwargs)  # (M, C_out)
+    if residual is not None:
+        y = y + keras.ops.reshape(residual, (-1, y.shape[-1]))
     return keras.ops.reshape(y, (*lead, y.shape[-1]))

@@ -39,11 +39,14 @@ class Mlp(keras.layers.Layer):
             return keras.layers.Conv2D(units, 1, name=name, dtype=self.dtype_policy)
         return keras.layers.Dense(units, name=name, dtype=self.dtype_policy)
 
-    def call(self, x, training=None):
+    def call(self, x, training=None, residual=None):
+        """`(..., C)` -> `(..., out)`; plus `residual` (the block's input) when given, fused
+        into `fc2` on TensorFlow's graph (flat_tokens.py)."""
         if self.use_conv:
             x = self.dropout(self._conv_act(self.fc1(x)), training=training)
-            return self.dropout(self.fc2(x), training=training)
-        return apply_flat(self._forward, x, training=training)
+            x = self.dropout(self.fc2(x), training=training)
+            return x if residual is None else residual + x
+        return apply_flat(self._forward, x, residual=residual, training=training)
 
     def _conv_act(self, y):
         """The activation after the 1x1 conv `fc1`. SiLU on TensorFlow's graph (not XLA) as

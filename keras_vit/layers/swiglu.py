@@ -31,11 +31,12 @@ class SwiGLUPacked(keras.layers.Layer):
         self.fc1.build(input_shape)
         self.fc2.build(input_shape[:-1] + (self.hidden_dim // 2,))
 
-    def call(self, x, training=None):
+    def call(self, x, training=None, residual=None):
         x = self.fc1(x)  # (..., H)
         gate, value = keras.ops.split(x, 2, axis=-1)  # each (..., H/2); timm's x1, x2
         x = self.dropout(keras.activations.silu(gate) * value, training=training)
-        return self.dropout(self.fc2(x), training=training)
+        x = self.dropout(self.fc2(x), training=training)
+        return x if residual is None else residual + x
 
     def compute_output_shape(self, input_shape):
         return input_shape[:-1] + (self.out_dim or input_shape[-1],)

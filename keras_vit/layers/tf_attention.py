@@ -27,7 +27,8 @@ def qkv_attention(qkv, scale):
 
 def _attend_heads(q, k, v, scale):
     """q, k, v `(B, heads, N, hd)` -> `(B, N, heads, hd)`."""
-    q = q * tf.cast(scale, q.dtype)
+    if scale != 1.0:  # 1.0: already folded into the qkv projection (attention.py)
+        q = q * tf.cast(scale, q.dtype)
     logits = tf.matmul(q, k, transpose_b=True)  # (B, heads, N, N)
     probs = tf.cast(_softmax(logits), v.dtype)
     return tf.transpose(tf.matmul(probs, v), (0, 2, 1, 3))  # (B, N, heads, hd)

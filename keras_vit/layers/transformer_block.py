@@ -77,17 +77,29 @@ class TransformerBlock(keras.layers.Layer):
                 layer.build(input_shape)
 
     def call(self, x, training=None, return_attention_scores=False):
+        # With no layer scale and no active drop path, each branch takes the residual and
+        # adds it right after its last matmul (fused there on TF's graph: flat_tokens.py).
+        direct = self.ls1 is None and not (training and self.drop_path > 0)
         y = self.attn(
-            self.norm1(x), training=training, return_attention_scores=return_attention_scores
+            self.norm1(x),
+            training=training,
+            return_attention_scores=return_attention_scores,
+            residual=x if direct else None,
         )
         y, attn = y if return_attention_scores else (y, None)
-        if self.ls1 is not None:
-            y = self.ls1(y)
-        x = x + self.drop_path1(y, training=training)
-        y = self.mlp(self.norm2(x), training=training)
-        if self.ls2 is not None:
-            y = self.ls2(y)
-        x = x + self.drop_path2(y, training=training)
+        if direct:
+            x = y
+        else:
+            if self.ls1 is not None:
+                y = self.ls1(y)
+            x = x + self.drop_path1(y, training=training)
+        y = self.mlp(self.norm2(x), training=training, residual=x if direct else None)
+        if direct:
+            x = y
+        else:
+            if self.ls2 is not None:
+                y = self.ls2(y)
+            x = x + self.drop_path2(y, training=training)
         return (x, attn) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):
