@@ -225,12 +225,14 @@ SERVER = WITHOUT_KERAS_PRELUDE + textwrap.dedent(
 
     serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
     images = tf.constant(np.load(sys.argv[2]))
-    np.save(sys.argv[3], serve(images=images)["logits"].numpy())
+    # the classifier's logits, or a headless model's (DINOv2's) features
+    output = "logits" if "logits" in serve.structured_outputs else "features"
+    np.save(sys.argv[3], serve(images=images)[output].numpy())
     serve(images=images)
     print("ready", flush=True)
     for line in sys.stdin:  # one batch per line received, its time sent back
         t = time.perf_counter()
-        serve(images=images)["logits"].numpy()
+        serve(images=images)[output].numpy()
         print(time.perf_counter() - t, flush=True)
     """
 )

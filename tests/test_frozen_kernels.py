@@ -12,7 +12,7 @@ import keras_vit
 from keras_vit.export import serving_function
 from keras_vit.layers.trace_context import onednn_cpu
 from keras_vit.models.base import freezes_kernels
-from keras_vit.models.frozen_kernels import frozen_kernel_variables
+from keras_vit.models.frozen_kernels import KernelSnapshot, frozen_kernel_variables
 from tests.helpers import structured_pixels
 
 NAME, KW = "deit_tiny_distilled_patch16_224", dict(depth=2, image_size=32, num_classes=10)
@@ -54,7 +54,7 @@ def test_the_traced_function_holds_the_kernels_not_the_variables(monkeypatch):
     model, x = _model(), _images()
     before = np.asarray(model.predict_on_batch(x), np.float32)
     # with the staleness guard off, a changed kernel must not reach the traced function
-    monkeypatch.setattr(type(model), "_drop_stale_predict_function", lambda self: None)
+    monkeypatch.setattr(KernelSnapshot, "stale", lambda self, model: False)
     kernel = frozen_kernel_variables(model)[0]
     kernel.assign(keras.ops.zeros_like(kernel))
     stale = np.asarray(model.predict_on_batch(x), np.float32)
@@ -67,10 +67,11 @@ def test_the_traced_function_holds_the_kernels_not_the_variables(monkeypatch):
     assert captured and not captured & kernels
 
 
+@pytest.mark.parametrize("first", ["predict_on_batch", "predict"])
 @pytest.mark.parametrize("route", ["set_weights", "assign_in_tf_function", "fit"])
-def test_predict_follows_changed_weights(route):
+def test_predict_follows_changed_weights(route, first):
     model, x = _model(), _images()
-    model.predict_on_batch(x)  # traced with the first weights
+    getattr(model, first)(x)  # traced with the first weights
     if route == "set_weights":
         model.set_weights(_model(seed=1).get_weights())
     elif route == "assign_in_tf_function":
@@ -84,9 +85,11 @@ def test_predict_follows_changed_weights(route):
     else:
         model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
         model.fit(x, np.ones((len(x), 10), np.float32), epochs=1, verbose=0)
-    out = np.asarray(model.predict_on_batch(x), np.float32)
     ref = _live_graph(model, x).astype(np.float32)
-    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-2 * np.abs(ref).max())
+    calls = {"predict_on_batch": model.predict_on_batch, "predict": model.predict}
+    for name in (first, *(n for n in calls if n != first)):  # the tracing route's check first
+        out = np.asarray(calls[name](x), np.float32)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=2e-2 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("case", ["float32", "int8", "xla"])

@@ -7,7 +7,7 @@ import keras
 
 from keras_vit._keras_compat import flatten_layers, model_supports_jit
 from keras_vit.models._collector import frozen_gc
-from keras_vit.models.frozen_kernels import KernelSnapshot, frozen_kernel_variables
+from keras_vit.models.frozen_kernels import KernelSnapshot
 
 
 class Views:
@@ -101,15 +101,15 @@ class XLAByDefault:
             return super().predict_step(data)
 
     def _drop_stale_predict_function(self):
-        """Before `predict` / `predict_on_batch`: a predict function traced with frozen
-        kernels is dropped (and traced again) once any kernel has changed since."""
+        """Before `predict`: a predict function traced with frozen kernels is dropped (and
+        traced again) once any kernel has changed since."""
         snapshot = self._kernel_snapshot
-        if snapshot is None or self.predict_function is None:
-            return
-        same = [id(v) for v in frozen_kernel_variables(self)] == [id(v) for v in snapshot.variables]
-        if not same or snapshot.changed():
-            self.predict_function = None
-            self._kernel_snapshot = None
+        if snapshot is not None and self.predict_function is not None and snapshot.stale(self):
+            self._drop_predict_function()
+
+    def _drop_predict_function(self):
+        self.predict_function = None
+        self._kernel_snapshot = None
 
     def _auto_jit_compile(self, function):
         """ "auto"'s choice for `function`: "fit" (training, evaluate) or "predict"."""
@@ -217,8 +217,17 @@ class KerasViTModel(XLAByDefault, keras.Model):
 
     def predict_on_batch(self, x):
         self.check_input_shape(x)
-        self._drop_stale_predict_function()
-        return super().predict_on_batch(x)
+        snapshot = self._kernel_snapshot
+        if snapshot is None or self.predict_function is None:
+            return super().predict_on_batch(x)  # (a new function takes a new snapshot)
+        # The kernels' check (memory-bound) runs beside the batch (the matmuls are
+        # compute-bound), which hides about half of it; a changed kernel discards the answer.
+        stale = snapshot.stale_beside(self)
+        outputs = super().predict_on_batch(x)
+        if stale.result():
+            self._drop_predict_function()
+            outputs = super().predict_on_batch(x)
+        return outputs
 
     def check_input_shape(self, images):
         """Raise `ValueError` naming the expected and the given shape when `images` (NHWC:

@@ -9,17 +9,21 @@ outputs identical. Only the kernels (rank-2 variables) are frozen: freezing the 
 lets grappler fold every BiasAdd into a constant expression, which undoes the bias + GELU
 fusions and is slower.
 
-A snapshot is taken when the predict function is traced; before each `predict` /
-`predict_on_batch` the live kernels are compared with it bit for bit, and a changed model
-(`set_weights`, a training step, an `assign`) gets a new function, so the answer always
-follows the weights.
+A snapshot is taken when the predict function is traced; before each `predict` (and beside
+each `predict_on_batch`, whose answer is then discarded) the live kernels are compared with
+it bit for bit, and a changed model (`set_weights`, a training step, an `assign`) gets a new
+function, so the answer always follows the weights.
 """
+
+import concurrent.futures
 
 import keras
 
 # a bit pattern of the same width per float dtype, so that NaNs and -0.0 compare as bits
 _BITS = {"float32": "int32", "bfloat16": "int16", "float16": "int16", "float64": "int64"}
 
+
+_WORKER = []  # one thread for the checks beside a batch, started on first use
 
 # ranks of the variables frozen: 2, the Dense / attention kernels
 FROZEN_RANKS = (2,)
@@ -51,6 +55,18 @@ class KernelSnapshot:
         import tensorflow as tf
 
         return [(v, tf.constant(x.numpy())) for v, x in zip(self.variables, self.values)]
+
+    def stale(self, model):
+        """True when `model`'s kernels are no longer these: other variables (quantized or
+        rebuilt), or any of them changed in any bit."""
+        same = [id(v) for v in frozen_kernel_variables(model)] == [id(v) for v in self.variables]
+        return not same or self.changed()
+
+    def stale_beside(self, model):
+        """`stale(model)` computed on a worker thread: a future of the answer."""
+        if not _WORKER:
+            _WORKER.append(concurrent.futures.ThreadPoolExecutor(1, "keras_vit_kernels"))
+        return _WORKER[0].submit(self.stale, model)
 
     def changed(self):
         """True when any kernel differs (in any bit) from the snapshot."""
