@@ -19,9 +19,21 @@ def apply_flat(fn, x, residual=None, **kwargs):
     fewer per residual branch, about 6% of DeiT-S bf16's time as a separate `AddV2`)."""
     if len(x.shape) <= 2:
         y = fn(x, **kwargs)
-        return y if residual is None else y + residual
+        return y if residual is None else _add(y, residual)
     lead = keras.ops.shape(x)[:-1]  # (B, N) or (B, H, W), dynamic where unknown
     y = fn(keras.ops.reshape(x, (-1, x.shape[-1])), **kwargs)  # (M, C_out)
     if residual is not None:
-        y = y + keras.ops.reshape(residual, (-1, y.shape[-1]))
+        y = _add(y, keras.ops.reshape(residual, (-1, y.shape[-1])))
     return keras.ops.reshape(y, (*lead, y.shape[-1]))
+
+
+def _add(a, b):
+    """`a + b` of equal shapes. On TensorFlow an `AddN`: the remapper fuses an `AddV2` into
+    the matmul only where grappler proves the shapes equal, which an unknown row count
+    (a SavedModel's dynamic batch) defeats, so the same model would round its bf16 sums
+    differently in `predict` and in the SavedModel; `AddN` declares them equal."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.math.add_n([a, b])
+    return a + b

@@ -109,6 +109,10 @@ def fused_layer_norm(x, gamma, beta, epsilon):
     """LayerNorm of `x` `(..., C)` over its last axis, as remapper's `_MklLayerNorm` pattern."""
     import tensorflow as tf
 
+    # The pattern also needs its input shaped as its output: behind this identity grappler
+    # cannot merge the reshape below with one before it (a residual added on the flat
+    # (M, C) tokens, flat_tokens.py), which would leave a rank-2 input to a rank-3 norm.
+    x = tf.compat.v1.placeholder_with_default(x, shape=x.shape)
     shape = tf.shape(x)
     rows = tf.reduce_prod(shape[:-1])
     # Behind PlaceholderWithDefault (an identity grappler never constant-folds), the Fills
