@@ -87,19 +87,9 @@ class TransformerBlock(keras.layers.Layer):
             residual=x if direct else None,
         )
         y, attn = y if return_attention_scores else (y, None)
-        if direct:
-            x = y
-        else:
-            if self.ls1 is not None:
-                y = self.ls1(y)
-            x = x + self.drop_path1(y, training=training)
+        x = y if direct else _add_branch(x, y, self.ls1, self.drop_path1, training)
         y = self.mlp(self.norm2(x), training=training, residual=x if direct else None)
-        if direct:
-            x = y
-        else:
-            if self.ls2 is not None:
-                y = self.ls2(y)
-            x = x + self.drop_path2(y, training=training)
+        x = y if direct else _add_branch(x, y, self.ls2, self.drop_path2, training)
         return (x, attn) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):
@@ -120,3 +110,10 @@ class TransformerBlock(keras.layers.Layer):
             "activation": self.activation,
             "mlp_layer": self.mlp_layer,
         }
+
+
+def _add_branch(x, y, layer_scale, drop_path, training):
+    """`x + drop_path(layer_scale(y))`: a branch added outside its last matmul."""
+    if layer_scale is not None:
+        y = layer_scale(y)
+    return x + drop_path(y, training=training)

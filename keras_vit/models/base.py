@@ -91,14 +91,16 @@ class XLAByDefault:
         finally:
             self._jit_compile = jit
 
-    def predict_step(self, data):
+    def predict_step(self, *args, **kwargs):  # TF and torch: (data); JAX: (state, data)
+        snapshot = self._kernel_snapshot  # only ever set on TensorFlow
+        if snapshot is None:
+            return super().predict_step(*args, **kwargs)
         import tensorflow as tf
 
-        snapshot = self._kernel_snapshot
-        if snapshot is None or tf.executing_eagerly():  # eager: nothing to trace constants into
-            return super().predict_step(data)
+        if tf.executing_eagerly():  # run_eagerly: no graph to trace constants into
+            return super().predict_step(*args, **kwargs)
         with keras.StatelessScope(state_mapping=snapshot.state_mapping()):
-            return super().predict_step(data)
+            return super().predict_step(*args, **kwargs)
 
     def _drop_stale_predict_function(self):
         """Before `predict`: a predict function traced with frozen kernels is dropped (and
