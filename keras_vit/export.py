@@ -132,7 +132,6 @@ def serving_function(model, top_k=TOP_K, class_names=None, jit_compile=False, fr
     cluster, so TF Serving runs it compiled too. `freeze_kernels`: trace the model with its
     matmul kernels as graph constants, as `predict` does on TF's oneDNN graph in bfloat16
     (keras_vit/models/frozen_kernels.py); the kernels are those of the moment of tracing."""
-    import keras
     import tensorflow as tf
 
     from keras_vit.layers.preprocessing import normalize
@@ -150,7 +149,7 @@ def serving_function(model, top_k=TOP_K, class_names=None, jit_compile=False, fr
         traced = run_model
 
         def run_model(x):
-            with keras.StatelessScope(state_mapping=snapshot.state_mapping()):
+            with snapshot.frozen():
                 return traced(x)
 
     def forward(pixels):

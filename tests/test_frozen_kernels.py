@@ -101,3 +101,24 @@ def test_other_paths_read_the_variables(case):
         model.compile(jit_compile=True)
     model.predict_on_batch(_images())
     assert model._kernel_snapshot is None
+
+
+def test_export_of_a_plain_keras_model_in_bf16_freezes_its_kernels(tmp_path):
+    """`export_saved_model` takes any Keras model; a bf16 one (here through the global
+    policy) is traced with frozen kernels too, not refused for lacking keras_vit's methods."""
+    from keras_vit.export import export_saved_model
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        inputs = keras.Input((8, 8, 3))
+        pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(4)(pooled))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert freezes_kernels(model)
+    export_saved_model(model, str(tmp_path / "plain"), class_names=list("abcd"))
+    served = tf.saved_model.load(str(tmp_path / "plain")).signatures["serving_default"]
+    x = structured_pixels(2, 8, 8, seed=5)
+    np.testing.assert_array_equal(
+        served(images=tf.constant(x))["logits"].numpy(), _live_graph(model, x).astype(np.float32)
+    )

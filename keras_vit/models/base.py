@@ -99,7 +99,7 @@ class XLAByDefault:
 
         if tf.executing_eagerly():  # run_eagerly: no graph to trace constants into
             return super().predict_step(*args, **kwargs)
-        with keras.StatelessScope(state_mapping=snapshot.state_mapping()):
+        with snapshot.frozen():
             return super().predict_step(*args, **kwargs)
 
     def _drop_stale_predict_function(self):
@@ -119,9 +119,7 @@ class XLAByDefault:
         if backend == "jax":
             return model_supports_jit(self)
         if backend == "tensorflow":
-            import tensorflow as tf
-
-            if not (tf.distribute.has_strategy() or self.distribute_strategy_is_set()):
+            if not _distributed(self):
                 if not _has_accelerator():
                     compute = self.dtype_policy.compute_dtype
                     if compute == "bfloat16":
@@ -141,9 +139,7 @@ class XLAByDefault:
 
     def distribute_strategy_is_set(self):
         """True when the model was created under a `tf.distribute` strategy scope."""
-        import tensorflow as tf
-
-        return self.distribute_strategy is not tf.distribute.get_strategy()
+        return _distributed(self)
 
 
 def _quantized(model):
@@ -159,13 +155,20 @@ def freezes_kernels(model):
         return False
     if model.dtype_policy.compute_dtype not in FROZEN_KERNEL_DTYPES:
         return False
-    import tensorflow as tf
-
     from keras_vit.layers.trace_context import onednn_cpu
 
-    if tf.distribute.has_strategy() or model.distribute_strategy_is_set():
-        return False
-    return onednn_cpu()
+    return not _distributed(model) and onednn_cpu()
+
+
+def _distributed(model):
+    """True inside a `tf.distribute` strategy scope or for a model (any `keras.Model`)
+    created under one."""
+    import tensorflow as tf
+
+    return (
+        tf.distribute.has_strategy()
+        or model.distribute_strategy is not tf.distribute.get_strategy()
+    )
 
 
 # compute dtypes whose inference on TF's oneDNN graph freezes the kernels (measured faster)
