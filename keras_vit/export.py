@@ -297,7 +297,7 @@ def export_tflite(model, path, quantization=None, batch_size=1, calibration_imag
     import keras
     import tensorflow as tf
 
-    from keras_vit.layers.layer_norm import standard_ops
+    from keras_vit.layers.trace_context import standard_ops
 
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}, got {quantization!r}.")

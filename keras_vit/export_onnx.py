@@ -127,7 +127,7 @@ def export_onnx(model, path, opset=DEFAULT_OPSET):
         raise FileNotFoundError(f"Output folder does not exist: {folder!r}")
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a folder; ONNX export writes one file.")
-    from keras_vit.layers.layer_norm import standard_ops
+    from keras_vit.layers.trace_context import standard_ops
 
     onnx = _require("onnx", "the ONNX format")
     if keras.backend.backend() == "tensorflow":

@@ -4,6 +4,7 @@ keeps conv -> BN, which XLA fuses. Every path must equal conv -> BN -> activatio
 rounding, and training must still normalise with the batch statistics and update BN's moving
 averages."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import subprocess_env
+from helpers import executed_ops, subprocess_env
 
 from keras_vit.layers.mobilevit_blocks import ConvNormAct
 
@@ -135,6 +136,41 @@ def test_bfloat16_fold_close_to_float32():
         err = np.abs(out - ref).max() / np.abs(ref).max()
         print(f"bf16 {mode}: max relative |bf16 - f32| {err:.2e}")
         assert err < 3e-2, err
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("strides", [1, 2])
+def test_depthwise_is_one_fused_call_on_tf_graph(strides, dtype, tmp_path):
+    """On TF's oneDNN graph a depthwise ConvNormAct at inference is one fused oneDNN call:
+    padding, folded BatchNorm, bias and SiLU inside it (no Pad, no separate Swish pass), as
+    a grouped Conv2D; traced for a converter (`standard_ops`) it keeps the depthwise op.
+    Both give the eager layer's answer."""
+    from keras_vit.layers.trace_context import onednn_cpu, standard_ops
+
+    if not onednn_cpu():
+        pytest.skip("this TensorFlow build has no oneDNN: there is no fused kernel to run")
+    layer = _layer(8, 3, strides, True, "silu", 8)
+    if dtype != "float32":
+        cast = ConvNormAct(8, 3, strides, depthwise=True, dtype=dtype)
+        cast.build((None, 9, 10, 8))
+        for src, dst in zip(layer.weights, cast.weights):
+            dst.assign(keras.ops.cast(src, dst.dtype))
+        layer = cast
+    x = keras.ops.cast(np.random.default_rng(6).normal(0, 1, (2, 9, 10, 8)), dtype)
+    eager = np.asarray(keras.ops.cast(layer(x, training=False), "float32"))
+    tol = 1e-5 if dtype == "float32" else 0.02 * np.abs(eager).max()
+    for standard in (False, True):
+        with standard_ops() if standard else contextlib.nullcontext():
+            fn = tf.function(lambda t: layer(t, training=False))
+            out = np.asarray(tf.cast(fn(x), tf.float32))
+        ops = executed_ops(fn, x, tmp_path / str(standard))
+        # (the Muls left are the fold's, on the (3, 3, 8, 1) kernel, not on the map)
+        ops = [op for op in ops if op.startswith("_Mkl") or op in ("Pad", "Sigmoid")]
+        if standard:
+            assert any("DepthwiseConv2dNative" in op for op in ops), ops
+        else:
+            assert ops == ["_MklNativeFusedConv2D"], ops
+        np.testing.assert_allclose(out, eager, rtol=0, atol=tol)
 
 
 JAX_SCRIPT = """

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_vit.layers.layer_norm import GroupNorm1, LayerNorm, standard_ops
+from keras_vit.layers.layer_norm import GroupNorm1, LayerNorm
+from keras_vit.layers.trace_context import standard_ops
 from tests.helpers import executed_ops
 
 C = 48

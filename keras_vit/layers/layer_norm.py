@@ -16,26 +16,11 @@ their converters read only inference-mode batch norm) it is Keras's own
 `LayerNormalization`, with the same weights, config and checkpoints.
 """
 
-import contextlib
 import math
-import threading
 
 import keras
 
-from keras_vit.layers.trace_context import onednn_graph
-
-_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def standard_ops():
-    """Trace with Keras's own ops only (no backend-specific fused forms): for converters."""
-    previous = getattr(_STATE, "standard", False)
-    _STATE.standard = True
-    try:
-        yield
-    finally:
-        _STATE.standard = previous
+from keras_vit.layers.trace_context import onednn_graph, tracing_standard_ops
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -96,7 +81,7 @@ def _fused_here(layer, inputs, training, max_rank=3):
     inside `standard_ops()`, float32 / bfloat16 (its kernel's types), scale and offset on."""
     if keras.backend.backend() != "tensorflow" or training:
         return False
-    if getattr(_STATE, "standard", False) or not (layer.center and layer.scale):
+    if tracing_standard_ops() or not (layer.center and layer.scale):
         return False
     if not 2 <= len(inputs.shape) <= max_rank:
         return False

@@ -10,7 +10,11 @@ import math
 import keras
 
 from keras_vit.layers._validation import pair, positive_int, rate
-from keras_vit.layers.depthwise_conv import ShiftAddDepthwiseConv2D
+from keras_vit.layers.depthwise_conv import (
+    ShiftAddDepthwiseConv2D,
+    grouped_depthwise_conv,
+    grouped_form_here,
+)
 from keras_vit.layers.drop_path import DropPath
 from keras_vit.layers.layer_norm import LayerNorm
 from keras_vit.layers.mlp import _activation
@@ -127,19 +131,15 @@ class ConvNormAct(keras.layers.Layer):
         self.bn.build(self.compute_output_shape(input_shape))
 
     def call(self, x, training=None):
+        if self.depthwise and grouped_form_here(x) and not self._unfolded(training):
+            # BatchNorm folded, padding, bias and activation in one oneDNN call
+            kernel, bias = self.folded_kernel_and_bias()
+            y = grouped_depthwise_conv(x, keras.ops.cast(kernel, x.dtype), self.strides, self._pad)
+            return _bias_act(y, keras.ops.cast(bias, y.dtype), self.activation, self._act)
         if self._explicit_pad:
             p = self._explicit_pad
             x = keras.ops.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))  # (B, H + 2p, W + 2p, C)
-        # Unfolded: training with batch statistics (moving averages updated); under XLA, which
-        # fuses BN's multiply-add into the activation's loop anyway (folding measured 1.005x /
-        # 1.015x there, MobileViT-XXS / v2 0.5 f32: not worth a program other than the one
-        # parity was measured on); a conv whose kernel is not a float tensor to fold into
-        # (quantized: Keras 3.15 quantizes no conv, a later one may).
-        if (
-            (training and self.bn.trainable)
-            or compiling_with_xla()
-            or self.conv.quantization_mode is not None
-        ):
+        if self._unfolded(training):
             x = self.bn(self.conv(x), training=training)
             return x if self._act is None else self._act(x)
         # Inference: BatchNorm folded into the conv (as ONNX Runtime and TFLite do), so one
@@ -152,6 +152,19 @@ class ConvNormAct(keras.layers.Layer):
         else:
             y = self.conv.convolution_op(x, kernel)
         return _bias_act(y, keras.ops.cast(bias, y.dtype), self.activation, self._act)
+
+    def _unfolded(self, training):
+        """Conv -> BN -> activation as written, BatchNorm not folded."""
+        # Unfolded: training with batch statistics (moving averages updated); under XLA, which
+        # fuses BN's multiply-add into the activation's loop anyway (folding measured 1.005x /
+        # 1.015x there, MobileViT-XXS / v2 0.5 f32: not worth a program other than the one
+        # parity was measured on); a conv whose kernel is not a float tensor to fold into
+        # (quantized: Keras 3.15 quantizes no conv, a later one may).
+        return bool(
+            (training and self.bn.trainable)
+            or compiling_with_xla()
+            or self.conv.quantization_mode is not None
+        )
 
     def folded_kernel_and_bias(self):
         """The conv kernel and bias (float32) equal to conv -> BN with BN's moving statistics:

@@ -3,10 +3,32 @@
 `compiling_with_xla()`: XLA fuses elementwise chains itself and has its own kernels (the
 depthwise conv as shifted products, BatchNorm left unfolded). `onednn_graph()`: TensorFlow's
 graph on a oneDNN CPU build, where grappler's remapper turns certain op patterns into fused
-oneDNN kernels (conv + bias + SiLU, `_MklLayerNorm`) and oneDNN reads bf16 directly.
+oneDNN kernels (conv + bias + SiLU, `_MklLayerNorm`) and oneDNN reads bf16 directly. `standard_ops()`: what the TFLite and ONNX converters trace,
+Keras's own ops only (their converters know no backend-specific form).
 """
 
+import contextlib
+import threading
+
 import keras
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def standard_ops():
+    """Trace with Keras's own ops only (no backend-specific fused forms): for converters."""
+    previous = getattr(_STATE, "standard", False)
+    _STATE.standard = True
+    try:
+        yield
+    finally:
+        _STATE.standard = previous
+
+
+def tracing_standard_ops():
+    """True inside `standard_ops()`."""
+    return getattr(_STATE, "standard", False)
 
 
 def compiling_with_xla():
