@@ -131,15 +131,13 @@ class ConvNormAct(keras.layers.Layer):
         self.bn.build(self.compute_output_shape(input_shape))
 
     def call(self, x, training=None):
-        if self.depthwise and grouped_form_here(x) and not self._unfolded(training):
-            # BatchNorm folded, padding, bias and activation in one oneDNN call
-            kernel, bias = self.folded_kernel_and_bias()
-            y = grouped_depthwise_conv(x, keras.ops.cast(kernel, x.dtype), self.strides, self._pad)
-            return _bias_act(y, keras.ops.cast(bias, y.dtype), self.activation, self._act)
-        if self._explicit_pad:
+        unfolded = self._unfolded(training)
+        # on oneDNN's graph the depthwise conv takes its padding inside (depthwise_conv.py)
+        grouped = self.depthwise and not unfolded and grouped_form_here(x)
+        if self._explicit_pad and not grouped:
             p = self._explicit_pad
             x = keras.ops.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))  # (B, H + 2p, W + 2p, C)
-        if self._unfolded(training):
+        if unfolded:
             x = self.bn(self.conv(x), training=training)
             return x if self._act is None else self._act(x)
         # Inference: BatchNorm folded into the conv (as ONNX Runtime and TFLite do), so one
@@ -147,7 +145,9 @@ class ConvNormAct(keras.layers.Layer):
         # bf16 model, with two casts) and the activation as separate passes over the map.
         kernel, bias = self.folded_kernel_and_bias()
         kernel = keras.ops.cast(kernel, x.dtype)
-        if self.depthwise:
+        if grouped:
+            y = grouped_depthwise_conv(x, kernel, self.strides, self._pad)
+        elif self.depthwise:
             y = self.conv.convolve(x, kernel)
         else:
             y = self.conv.convolution_op(x, kernel)

@@ -3,8 +3,9 @@
 `compiling_with_xla()`: XLA fuses elementwise chains itself and has its own kernels (the
 depthwise conv as shifted products, BatchNorm left unfolded). `onednn_graph()`: TensorFlow's
 graph on a oneDNN CPU build, where grappler's remapper turns certain op patterns into fused
-oneDNN kernels (conv + bias + SiLU, `_MklLayerNorm`) and oneDNN reads bf16 directly. `standard_ops()`: what the TFLite and ONNX converters trace,
-Keras's own ops only (their converters know no backend-specific form).
+oneDNN kernels (conv + bias + SiLU, `_MklLayerNorm`) and oneDNN reads bf16 directly.
+`standard_ops()`: what the TFLite and ONNX converters trace, Keras's own ops only (their
+converters know no backend-specific form).
 """
 
 import contextlib

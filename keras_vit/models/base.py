@@ -137,10 +137,6 @@ class XLAByDefault:
         if not self.compiled:
             self._jit_compile = None  # `jit_compile` resolves it on next use
 
-    def distribute_strategy_is_set(self):
-        """True when the model was created under a `tf.distribute` strategy scope."""
-        return _distributed(self)
-
 
 def _quantized(model):
     return any(getattr(layer, "quantization_mode", None) for layer in flatten_layers(model))
