@@ -52,6 +52,12 @@ replica:0/task:0/device:CPU:0}} Collective ops is aborted by: Error reported fro
 /job:worker/task:1: The following tasks are unhealthy (stopped sending heartbeats):
 /job:worker/replica:0/task:1
 The tasks have crashed. Check the task logs for an earlier error."""
+# what it raised instead when the collective's gRPC call to the killed worker failed first
+_RESET = """Collective ops is aborted by: recvmsg:Connection reset by peer
+Additional GRPC error information from remote target /job:worker/replica:0/task:1 while \
+calling /tensorflow.WorkerService/RecvBuf:
+:UNKNOWN:Error received from peer  {grpc_message:"recvmsg:Connection reset by peer", \
+grpc_status:14}"""
 
 
 def test_lost_worker_error_names_the_lost_task_and_how_to_resume():
@@ -61,6 +67,8 @@ def test_lost_worker_error_names_the_lost_task_and_how_to_resume():
     assert text.startswith("Lost /job:worker/replica:0/task:1:")  # not task 0, the reporter
     assert "10 s (--worker-timeout)" in text and "'gs://b/run'" in text
     assert "Restart every worker with the same command" in text
+    reset = S.lost_worker_error(RuntimeError(_RESET), 10, "d")
+    assert str(reset).startswith("Lost /job:worker/replica:0/task:1:")
     other = S.lost_worker_error(RuntimeError("Error reported from /job:worker/task:2: x"), 60, "d")
     assert str(other).startswith("Lost /job:worker/task:2:")
     assert str(S.lost_worker_error(RuntimeError("?"), 60, "d")).startswith("Lost another worker")

@@ -208,13 +208,20 @@ def prepare_multiworker_fit(model, dataset):
 
 
 def _lost_tasks(message):
-    """The task names TensorFlow's abort message blames (the coordination service lists the
-    unhealthy tasks one a line after "unhealthy"; other aborts say "reported from TASK")."""
+    """The task names TensorFlow's abort message blames. Which message comes first is a race
+    between the coordination service's heartbeat check, which lists the unhealthy tasks one a
+    line after "unhealthy", and the collective's own gRPC call to the dead peer, which fails
+    with "... from remote target TASK while calling ..."; other aborts say "reported from
+    TASK"."""
     tail = message.split("unhealthy", 1)[1] if "unhealthy" in message else ""
-    tasks = re.findall(r"^\s*(/job:\w+/replica:\d+/task:\d+)\s*$", tail, flags=re.M)
-    return sorted(set(tasks)) or sorted(
-        set(re.findall(r"reported from (/job:\w+/task:\d+)", message))
-    )
+    for tasks in (
+        re.findall(r"^\s*(/job:\w+/replica:\d+/task:\d+)\s*$", tail, flags=re.M),
+        re.findall(r"from remote target (/job:\w+/replica:\d+/task:\d+) while", message),
+        re.findall(r"reported from (/job:\w+/task:\d+)", message),
+    ):
+        if tasks:
+            return sorted(set(tasks))
+    return []
 
 
 def lost_worker_error(err, worker_timeout, backup_dir):
