@@ -51,6 +51,14 @@ class MobileViTBase(KerasViTModel):
 
     CONFIG_KEYS = ()  # the constructor arguments in `get_config` order (less name, dtype)
 
+    # float32 on a CPU: TF's graph (oneDNN), where BatchNorm folds into fused conv + bias +
+    # SiLU, the depthwise convs are one grouped oneDNN call and LayerNorm (v2: GroupNorm) is
+    # oneDNN's kernel. In-process A/B against XLA, AMD EPYC Zen 4, 2 threads, batch 8, img/s:
+    # v1 S 55.0 vs 48.9, XS 88.7 vs 78.1, XXS 170.5 vs 161.9, fit (XXS at 256) 26.1 vs 23.3;
+    # v2 0.5 164.0 vs 160.1, 1.0 71.3 vs 63.5, fit 15.9 vs 7.9 and 6.2 vs 3.7 (XLA's
+    # backward of the shifted multiply-adds of v2's depthwise convs is slow).
+    float32_cpu_graph = ("predict", "fit")
+
     def _keep_config(self, args):
         """Keep the constructor arguments named in `CONFIG_KEYS`, taken from the constructor's
         `locals()` after their checks, as attributes (what `constructor_config` returns)."""
@@ -223,12 +231,6 @@ class MobileViT(MobileViTBase):
         "mlp_ratio", "se_ratio", "num_classes", "global_pool", "features_only", "drop_rate",
         "attn_drop_rate", "drop_path_rate", "include_preprocessing", "mean", "std", "in_channels",
     )  # fmt: skip
-
-    # float32 on a CPU: TF's graph (oneDNN), where BatchNorm folds into fused conv + bias +
-    # SiLU and LayerNorm is oneDNN's kernel. In-process A/B against XLA, AMD EPYC Zen 4,
-    # 2 threads, batch 8, img/s: S 55.0 vs 48.9, XS 88.7 vs 78.1, XXS 170.5 vs 161.9;
-    # training (fit, XXS at 256): 26.1 vs 23.3.
-    float32_cpu_graph = ("predict", "fit")
 
     def __init__(
         self,
