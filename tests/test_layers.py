@@ -255,3 +255,41 @@ def test_conv_mlp_graph_form_equals_eager(activation):
         for jit in (False, True):
             out = tf.function(lambda t: mlp(t), jit_compile=jit)(x).numpy()
             np.testing.assert_allclose(out, eager, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_token_mlp_silu_fuses_into_fc1_on_tf_graph(dtype, tmp_path):
+    """On TF's oneDNN graph the token `Mlp` with SiLU (MobileViT's) runs `fc1` + bias + SiLU
+    as one fused oneDNN conv (no separate Swish pass), with the answer of numpy's formula and
+    of Keras's own ops (what the converters trace)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's graph only")
+    import tensorflow as tf
+
+    from keras_vit.layers.trace_context import onednn_cpu, standard_ops
+
+    if not onednn_cpu():
+        pytest.skip("this TensorFlow build has no oneDNN: there is no fused kernel to run")
+    mlp = layers.Mlp(24, activation="silu", dtype=dtype)
+    mlp.build((None, 7, 16))
+    rng = np.random.default_rng(5)
+    for v in mlp.weights:
+        v.assign(rng.normal(0, 0.4, v.shape).astype("float32"))
+    x32 = rng.normal(0, 1, (3, 7, 16)).astype(np.float32)
+    x = keras.ops.cast(x32, dtype)
+    (k1, b1), (k2, b2) = [
+        [np.asarray(w, np.float64) for w in dense.get_weights()] for dense in (mlp.fc1, mlp.fc2)
+    ]
+    h = x32 @ k1 + b1
+    expected = (h / (1 + np.exp(-h))) @ k2 + b2
+    fn = tf.function(lambda t: mlp(t, training=False))
+    ops = executed_ops(fn, x, tmp_path / "graph")
+    fused = [op for op in ops if op.startswith("_Mkl") or op in ("Sigmoid", "Mul")]
+    assert fused == ["_MklNativeFusedConv2D", "_MklNativeFusedMatMul"], ops
+    tol = 1e-5 if dtype == "float32" else 0.03 * np.abs(expected).max()
+    graph = np.asarray(tf.cast(fn(x), tf.float32))
+    with standard_ops():
+        standard = np.asarray(tf.cast(tf.function(lambda t: mlp(t, training=False))(x), tf.float32))
+    assert np.abs(expected).max() > 1.0
+    for out in (graph, standard):
+        np.testing.assert_allclose(out, expected, rtol=0, atol=tol)

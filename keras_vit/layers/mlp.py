@@ -2,7 +2,7 @@ import keras
 
 from keras_vit.layers._validation import positive_int, rate
 from keras_vit.layers.flat_tokens import apply_flat
-from keras_vit.layers.trace_context import onednn_graph
+from keras_vit.layers.trace_context import onednn_graph, tracing_standard_ops
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -57,8 +57,26 @@ class Mlp(keras.layers.Layer):
         return self._act(y)
 
     def _forward(self, x, training=None):  # (M, C) -> (M, out)
-        x = self.dropout(self._act(self.fc1(x)), training=training)
+        x = self.dropout(self._fc1_act(x), training=training)
         return self.dropout(self.fc2(x), training=training)
+
+    def _fc1_act(self, x):  # (M, C) -> (M, hidden)
+        """`fc1` then the activation. SiLU on TF's oneDNN graph: `fc1` as a 1x1 conv on
+        `(1, 1, M, C)`, because grappler fuses bias + `y * sigmoid(y)` into a conv but not
+        into a matmul (its matmul fusions know no SiLU), where the separate `_MklSwish` pass
+        over the hidden tokens was ~2.5% of MobileViT's time. Same kernel, same numbers
+        (in-process A/B, AMD EPYC Zen 4, batch 8, float32: XXS 164.8 -> 168.4 and 187.6 ->
+        192.0 img/s, S 67.4 -> 68.6; logits identical)."""
+        dense = self.fc1
+        silu = self.activation in ("silu", "swish") and dense.quantization_mode is None
+        if not (silu and onednn_graph() and not tracing_standard_ops()):
+            return self._act(dense(x))
+        import tensorflow as tf
+
+        kernel = tf.cast(dense.kernel, x.dtype)[None, None]  # (1, 1, C, hidden)
+        y = tf.nn.conv2d(x[None, None], kernel, strides=1, padding="VALID")
+        y = tf.nn.bias_add(y, tf.cast(dense.bias, x.dtype))  # (1, 1, M, hidden)
+        return tf.reshape(y * tf.math.sigmoid(y), (-1, kernel.shape[-1]))
 
     def compute_output_shape(self, input_shape):
         return input_shape[:-1] + (self.out_dim or input_shape[-1],)
