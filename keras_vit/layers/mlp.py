@@ -76,7 +76,7 @@ class Mlp(keras.layers.Layer):
         kernel = tf.cast(dense.kernel, x.dtype)[None, None]  # (1, 1, C, hidden)
         y = tf.nn.conv2d(x[None, None], kernel, strides=1, padding="VALID")
         y = tf.nn.bias_add(y, tf.cast(dense.bias, x.dtype))  # (1, 1, M, hidden)
-        return tf.reshape(y * tf.math.sigmoid(y), (-1, kernel.shape[-1]))
+        return tf.reshape(self._conv_act(y), (-1, kernel.shape[-1]))  # the fusable SiLU
 
     def compute_output_shape(self, input_shape):
         return input_shape[:-1] + (self.out_dim or input_shape[-1],)
