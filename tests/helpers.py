@@ -230,6 +230,20 @@ WITHOUT_KERAS_PRELUDE = textwrap.dedent(
 )
 
 
+def require_onednn_graph():
+    """Skip unless the backend is TensorFlow on a oneDNN CPU build: the fused oneDNN kernels
+    that the graph-form tests look for exist nowhere else."""
+    import keras
+    import pytest
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's graph only")
+    from keras_vit.layers.trace_context import onednn_cpu
+
+    if not onednn_cpu():
+        pytest.skip("this TensorFlow build has no oneDNN: there is no fused kernel to run")
+
+
 def executed_ops(fn, x, logdir):
     """Op types that ran in one call of the tf.function `fn`, from TF's profiler trace."""
     import glob

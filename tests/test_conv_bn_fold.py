@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import executed_ops, subprocess_env
+from helpers import executed_ops, require_onednn_graph, subprocess_env
 
 from keras_vit.layers.mobilevit_blocks import ConvNormAct
 
@@ -145,10 +145,9 @@ def test_depthwise_is_one_fused_call_on_tf_graph(strides, dtype, tmp_path):
     padding, folded BatchNorm, bias and SiLU inside it (no Pad, no separate Swish pass), as
     a grouped Conv2D; traced for a converter (`standard_ops`) it keeps the depthwise op.
     Both give the eager layer's answer."""
-    from keras_vit.layers.trace_context import onednn_cpu, standard_ops
+    from keras_vit.layers.trace_context import standard_ops
 
-    if not onednn_cpu():
-        pytest.skip("this TensorFlow build has no oneDNN: there is no fused kernel to run")
+    require_onednn_graph()
     layer = _layer(8, 3, strides, True, "silu", 8)
     if dtype != "float32":
         cast = ConvNormAct(8, 3, strides, depthwise=True, dtype=dtype)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from keras_vit import layers
-from tests.helpers import executed_ops
+from tests.helpers import executed_ops, require_onednn_graph
 
 
 @pytest.mark.parametrize(
@@ -120,14 +120,9 @@ def test_attention_paths_match_timm_formula(dtype):
 def test_block_residuals_fuse_into_the_matmuls_on_tf_graph(dtype, tmp_path):
     """On TF's oneDNN graph a block without layer scale adds each residual inside the
     matmul before it (no separate AddV2 over the tokens), with the eager block's answer."""
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("TensorFlow's graph only")
+    require_onednn_graph()
     import tensorflow as tf
 
-    from keras_vit.layers.trace_context import onednn_cpu
-
-    if not onednn_cpu():
-        pytest.skip("this TensorFlow build has no oneDNN: there is no fused kernel to run")
     block = layers.TransformerBlock(48, 4, dtype=dtype)
     block.build((None, 11, 48))
     rng = np.random.default_rng(4)
@@ -262,14 +257,11 @@ def test_token_mlp_silu_fuses_into_fc1_on_tf_graph(dtype, tmp_path):
     """On TF's oneDNN graph the token `Mlp` with SiLU (MobileViT's) runs `fc1` + bias + SiLU
     as one fused oneDNN conv (no separate Swish pass), with the answer of numpy's formula and
     of Keras's own ops (what the converters trace)."""
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("TensorFlow's graph only")
+    require_onednn_graph()
     import tensorflow as tf
 
-    from keras_vit.layers.trace_context import onednn_cpu, standard_ops
+    from keras_vit.layers.trace_context import standard_ops
 
-    if not onednn_cpu():
-        pytest.skip("this TensorFlow build has no oneDNN: there is no fused kernel to run")
     mlp = layers.Mlp(24, activation="silu", dtype=dtype)
     mlp.build((None, 7, 16))
     rng = np.random.default_rng(5)
