@@ -25,10 +25,12 @@ Outputs (a dict, the names TF Serving reports):
 TensorFlow is imported inside the functions, so `import keras_vit` stays backend-neutral.
 """
 
+import contextlib
 import os
 import tempfile
 
 from keras_vit.models.base import freezes_kernels
+from keras_vit.models.batch_halves import halves_batch, run_in_halves
 from keras_vit.models.frozen_kernels import KernelSnapshot
 
 TOP_K = 5
@@ -124,14 +126,18 @@ def decode_images(image_bytes, transform):
     return transform.batch_from_bytes(image_bytes)
 
 
-def serving_function(model, top_k=TOP_K, class_names=None, jit_compile=False, freeze_kernels=False):
+def serving_function(
+    model, top_k=TOP_K, class_names=None, jit_compile=False, freeze_kernels=False, halves=False
+):
     """pixels float32 `[N, H, W, 3]` in 0..255 -> the output dict (see the module doc).
 
     `jit_compile`: run the model itself (not the decoding around it) as one XLA cluster,
     as `predict` does where XLA is the model's path (float32, int8); a SavedModel keeps the
     cluster, so TF Serving runs it compiled too. `freeze_kernels`: trace the model with its
     matmul kernels as graph constants, as `predict` does on TF's oneDNN graph in bfloat16
-    (keras_vit/models/frozen_kernels.py); the kernels are those of the moment of tracing."""
+    (keras_vit/models/frozen_kernels.py); the kernels are those of the moment of tracing.
+    `halves`: run the batch as two halves side by side, as `predict` does on TF's oneDNN
+    graph (keras_vit/models/batch_halves.py)."""
     import tensorflow as tf
 
     from keras_vit.layers.preprocessing import normalize
@@ -144,13 +150,15 @@ def serving_function(model, top_k=TOP_K, class_names=None, jit_compile=False, fr
     run_model = lambda x: model(x, training=False)  # noqa: E731
     if jit_compile:
         run_model = tf.function(run_model, jit_compile=True)
-    elif freeze_kernels:
-        snapshot = KernelSnapshot(model)
-        traced = run_model
+    else:
+        snapshot = KernelSnapshot(model) if freeze_kernels else None
+        whole = run_model
 
         def run_model(x):
-            with snapshot.frozen():
-                return traced(x)
+            with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
+                if not halves:
+                    return whole(x)
+                return run_in_halves(whole, x, branch_unknown=snapshot is None)
 
     def forward(pixels):
         x = pixels
@@ -175,11 +183,17 @@ def serving_function(model, top_k=TOP_K, class_names=None, jit_compile=False, fr
 
 
 def bytes_function(
-    model, transform=None, top_k=TOP_K, class_names=None, jit_compile=False, freeze_kernels=False
+    model,
+    transform=None,
+    top_k=TOP_K,
+    class_names=None,
+    jit_compile=False,
+    freeze_kernels=False,
+    halves=False,
 ):
     """string `[N]` of encoded images -> the output dict: `serve_image_bytes`, and what
     `keras-vit predict` runs, so both give the same answer."""
-    forward = serving_function(model, top_k, class_names, jit_compile, freeze_kernels)
+    forward = serving_function(model, top_k, class_names, jit_compile, freeze_kernels, halves)
     transform = eval_transform(model, transform)
 
     def serve(image_bytes):
@@ -221,8 +235,9 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K, transform=Non
     # graph by family, dtype and device), so the export serves at its speed
     jit = bool(getattr(model, "predict_jit_compile", getattr(model, "jit_compile", False)))
     freeze = not jit and freezes_kernels(model)  # and its constant kernels, where it has them
-    forward = serving_function(model, top_k, names, jit, freeze)
-    serve_bytes = bytes_function(model, transform, top_k, names, jit, freeze)
+    halves = not jit and halves_batch(model)  # and its two half-batches side by side
+    forward = serving_function(model, top_k, names, jit, freeze, halves)
+    serve_bytes = bytes_function(model, transform, top_k, names, jit, freeze, halves)
 
     def serve_pixels(images):
         return forward(images)

@@ -3,10 +3,13 @@ and dtype, the training contract (weight-decay exclusions, block index of every 
 classifier heads) that optimisers, recipes and the distiller ask instead of matching
 variable names."""
 
+import contextlib
+
 import keras
 
 from keras_vit._keras_compat import flatten_layers, model_supports_jit
 from keras_vit.models._collector import frozen_gc
+from keras_vit.models.batch_halves import halves_batch, run_in_halves
 from keras_vit.models.frozen_kernels import KernelSnapshot
 
 
@@ -76,6 +79,8 @@ class XLAByDefault:
     # the kernels the predict function was traced with as constants (frozen_kernels.py),
     # or None where `predict` reads the variables
     _kernel_snapshot = None
+    # whether the predict function runs the batch as two halves side by side (batch_halves.py)
+    _predict_halves = False
 
     def make_predict_function(self, force=False):
         if self.predict_function is not None and not force:
@@ -83,6 +88,7 @@ class XLAByDefault:
         jit, predict_jit = self.jit_compile, self.predict_jit_compile
         freeze = not predict_jit and freezes_kernels(self)
         self._kernel_snapshot = KernelSnapshot(self) if freeze else None
+        self._predict_halves = not predict_jit and halves_batch(self)
         if predict_jit == jit:
             return super().make_predict_function(force)
         self._jit_compile = predict_jit  # what Keras reads as it builds the predict function
@@ -92,15 +98,18 @@ class XLAByDefault:
             self._jit_compile = jit
 
     def predict_step(self, *args, **kwargs):  # TF and torch: (data); JAX: (state, data)
-        snapshot = self._kernel_snapshot  # only ever set on TensorFlow
-        if snapshot is None:
+        snapshot = self._kernel_snapshot  # both only ever set on TensorFlow
+        if snapshot is None and not self._predict_halves:
             return super().predict_step(*args, **kwargs)
         import tensorflow as tf
 
         if tf.executing_eagerly():  # run_eagerly: no graph to trace constants into
             return super().predict_step(*args, **kwargs)
-        with snapshot.frozen():
-            return super().predict_step(*args, **kwargs)
+        with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
+            if not self._predict_halves:
+                return super().predict_step(*args, **kwargs)
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(args[0])
+            return run_in_halves(super().predict_step, x, branch_unknown=snapshot is None)
 
     def _drop_stale_predict_function(self):
         """Before `predict`: a predict function traced with frozen kernels is dropped (and
@@ -112,6 +121,7 @@ class XLAByDefault:
     def _drop_predict_function(self):
         self.predict_function = None
         self._kernel_snapshot = None
+        self._predict_halves = False
 
     def _auto_jit_compile(self, function):
         """ "auto"'s choice for `function`: "fit" (training, evaluate) or "predict"."""

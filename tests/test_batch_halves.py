@@ -1,0 +1,115 @@
+"""Inference on TensorFlow's oneDNN graph runs the batch as two halves side by side
+(keras_vit/models/batch_halves.py): each half gets its own images in order, a batch of one
+runs whole, an unknown batch size chooses at run time, and `predict`, `predict_on_batch`
+give what the whole batch gives, in float32 and bfloat16, on a ViT and a MobileViT."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_vit
+from keras_vit.models.batch_halves import halves_batch, run_in_halves
+from tests.export_fixtures import assert_discriminative, randomize_keras_model
+from tests.helpers import require_onednn_graph, structured_pixels
+
+MODELS = {
+    "deit": ("deit_tiny_distilled_patch16_224", dict(depth=2, image_size=32, num_classes=10)),
+    "mobilevit": ("mobilevit_xxs", dict(image_size=64, num_classes=10)),
+}
+
+
+def _recording_run(calls):
+    """A per-image function of the batch that notes the batch size of each trace."""
+
+    def run(t):
+        calls.append(t.shape[0])
+        return {"scaled": t * 2.0, "sums": tf.reduce_sum(t, axis=1)}
+
+    return run
+
+
+def _rows(n):
+    return tf.constant(np.arange(n * 3, dtype=np.float32).reshape(n, 3))
+
+
+@pytest.mark.parametrize("batch,halves", [(7, [4, 3]), (2, [1, 1]), (1, [1])])
+def test_a_known_batch_runs_as_halves_in_order(batch, halves):
+    calls, x = [], _rows(batch)
+    out = tf.function(lambda t: run_in_halves(_recording_run(calls), t))(x)
+    assert calls == halves
+    np.testing.assert_array_equal(out["scaled"], x.numpy() * 2.0)
+    np.testing.assert_array_equal(out["sums"], x.numpy().sum(1))
+
+
+@pytest.mark.parametrize("branch_unknown", [True, False])
+def test_an_unknown_batch_chooses_at_run_time_or_runs_whole(branch_unknown):
+    calls = []
+    fn = tf.function(
+        lambda t: run_in_halves(_recording_run(calls), t, branch_unknown=branch_unknown),
+        input_signature=[tf.TensorSpec((None, 3), tf.float32)],
+    )
+    for batch in (1, 2, 5):  # one trace serves every size, a batch of one included
+        x = _rows(batch)
+        np.testing.assert_array_equal(fn(x)["scaled"], x.numpy() * 2.0)
+    # halves (two traces of `run`) and the whole batch inside the tf.cond, or the whole only
+    assert calls == ([None, None, None] if branch_unknown else [None])
+
+
+def _pair(family, dtype):
+    """The same random model twice: with the halves (the default) and without."""
+    require_onednn_graph()
+    name, kwargs = MODELS[family]
+    models = []
+    for halves in (True, False):
+        model = keras_vit.create_model(name, dtype=dtype, **kwargs)
+        randomize_keras_model(model, seed=5)
+        model.inference_batch_halves = halves
+        models.append(model)
+    return models
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("family", list(MODELS))
+def test_predict_in_halves_gives_the_whole_batch_answer(family, dtype):
+    halved, whole = _pair(family, dtype)
+    size = MODELS[family][1]["image_size"]
+    x = structured_pixels(7, size, size, seed=2)
+    # float32: the same kernels on fewer rows; bf16: oneDNN may block the rows differently
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    for batch in (7, 1, 2, 7):  # traced batches, then a relaxed (unknown batch) trace
+        ref = np.asarray(whole.predict_on_batch(x[:batch]), np.float32)
+        out = np.asarray(halved.predict_on_batch(x[:batch]), np.float32)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=tol * np.abs(ref).max())
+    assert halved._predict_halves and not whole._predict_halves
+    assert_discriminative(ref)  # images told apart: a swapped half would show
+    out = np.asarray(halved.predict(x, batch_size=3, verbose=0), np.float32)  # 3, 3, 1
+    ref = np.asarray(whole.predict(x, batch_size=3, verbose=0), np.float32)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=tol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("case", ["int8", "xla", "opted_out", "strategy"])
+def test_other_paths_keep_the_whole_batch(case):
+    require_onednn_graph()
+    name, kwargs = MODELS["deit"]
+    if case == "strategy":
+        with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+            model = keras_vit.create_model(name, **kwargs)
+        assert not halves_batch(model)
+        return
+    model = keras_vit.create_model(name, **kwargs)
+    assert halves_batch(model)
+    if case == "int8":
+        model.quantize("int8")  # XLA: one program, and int8 gains little from halves
+    elif case == "xla":
+        model.compile(jit_compile=True)
+    else:
+        model.inference_batch_halves = False
+    model.predict_on_batch(structured_pixels(4, 32, 32, seed=1))
+    assert not model._predict_halves
+
+
+def test_a_model_of_another_backend_is_never_halved(monkeypatch):
+    model = keras.Sequential([keras.layers.Dense(2)])
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert not halves_batch(model)
