@@ -1,6 +1,6 @@
 """CPU inference at float32 / bfloat16 / int8: keras_vit beside timm and ONNX Runtime, one process.
 
-Usage: python examples/benchmark_cpu.py [MODEL ...] [--precisions f32,bf16,int8]
+Usage: python examples/benchmark_cpu.py [MODEL ...] [--precisions f32,bf16,int8[,f32_whole,bf16_whole]]
            [--refs timm_f32,timm_bf16,ort_f32,ort_int8,keras_onnx] [--batch 8] [--rounds 7] [--savedmodel]
            [--tflite]
 
@@ -9,7 +9,9 @@ Every column runs the same network: a timm model with every parameter randomised
 
 - keras_vit f32 / bf16 / int8: `create_model(name)`, `create_model(name, dtype="bfloat16")`,
   `create_model(name).quantize("int8")`, then `predict_on_batch`, nothing else (the compile
-  path is the models' own choice, see keras_vit/models/base.py);
+  path is the models' own choice, see keras_vit/models/base.py); f32_whole / bf16_whole
+  (asked for by name): the same with the batch run whole instead of as two halves side by
+  side (`model.inference_batch_halves = False`, keras_vit/models/batch_halves.py);
 - timm f32: eager in `torch.inference_mode()`; timm bf16: the same under
   `torch.autocast("cpu", dtype=torch.bfloat16)`;
 - ORT f32 / int8: the timm model through `torch.onnx.export`, then ONNX Runtime; int8 is
@@ -75,6 +77,9 @@ DEFAULT_MODELS = [
     "vit_small_patch14_reg4_dinov2",
 ]
 PRECISIONS = ("f32", "bf16", "int8")
+# A/B columns: the same float32 / bf16 models with the batch run whole, not as two halves
+# side by side (keras_vit/models/batch_halves.py: `inference_batch_halves = False`)
+WHOLE_BATCH = ("f32_whole", "bf16_whole")
 REFS = ("timm_f32", "timm_bf16", "ort_f32", "ort_int8", "keras_onnx")
 CPU_FLAGS = ("amx_bf16", "avx512_bf16", "amx_int8", "avx512_vnni")
 
@@ -131,9 +136,10 @@ def build_columns(name, ref, pixels, precisions, refs, workdir):
         ours_onnx = keras_vit.export_onnx(ours, os.path.join(workdir, f"{name}.keras_vit.onnx"))
         del ours
     for precision in precisions:
-        dtype = "bfloat16" if precision == "bf16" else None
+        dtype = "bfloat16" if precision.startswith("bf16") else None
         model = keras_vit.create_model(name, dtype=dtype)
         keras_vit.load_weights(model, state)
+        model.inference_batch_halves = not precision.endswith("_whole")
         if precision == "int8":
             model.quantize("int8")
         columns[f"keras_{precision}"] = (
@@ -317,8 +323,9 @@ def main():
     args = parser.parse_args()
     precisions = [p for p in args.precisions.split(",") if p]
     refs = [r for r in args.refs.split(",") if r]
-    for bad in set(precisions) - set(PRECISIONS) | set(refs) - set(REFS):
-        parser.error(f"unknown column {bad!r}; precisions {PRECISIONS}, refs {REFS}")
+    known = PRECISIONS + WHOLE_BATCH
+    for bad in set(precisions) - set(known) | set(refs) - set(REFS):
+        parser.error(f"unknown column {bad!r}; precisions {known}, refs {REFS}")
 
     cpu, flags = cpu_description()
     print(f"CPU: {cpu}; " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items()))
@@ -330,7 +337,8 @@ def main():
     )
     print("images/s; [corr, top-1] of logits vs the float32 model for reduced precision")
     order = [f"keras_{p}" for p in precisions] + refs
-    print(f"{'model':30s} {'GFLOP':>6s} " + " ".join(f"{c:>10s}" for c in order))
+    widths = {c: max(10, len(c)) for c in order}
+    print(f"{'model':30s} {'GFLOP':>6s} " + " ".join(f"{c:>{widths[c]}s}" for c in order))
     accuracy_lines, share_lines, saved_lines = [], [], []
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
@@ -348,18 +356,21 @@ def main():
             rates = {k: args.batch / s for k, s in seconds.items()}
             print(
                 f"{name:30s} {gflops:6.2f} "
-                + " ".join(f"{rates[c]:10.2f}" if c in rates else f"{'-':>10s}" for c in order),
+                + " ".join(
+                    f"{rates[c]:{widths[c]}.2f}" if c in rates else f"{'-':>{widths[c]}s}"
+                    for c in order
+                ),
                 flush=True,
             )
             for column, out in outputs.items():
                 base = "keras_f32" if column.startswith("keras") else "timm_f32"
-                reduced = not column.endswith("f32") and column != "keras_onnx"
+                reduced = column.endswith(("bf16", "int8"))
                 if column != base and base in outputs and reduced:
                     corr, top1 = agreement(out, outputs[base])
                     accuracy_lines.append(
                         f"{name:30s} {column:10s} corr {corr:.5f} top-1 {top1:.3f}"
                     )
-            for column in ("keras_f32", "timm_f32", "ort_f32", "keras_onnx"):
+            for column in ("keras_f32", "keras_f32_whole", "timm_f32", "ort_f32", "keras_onnx"):
                 if column in rates:
                     share = gflops * rates[column] / f32_rate
                     share_lines.append(f"{name:30s} {column:10s} {share:6.1%} of the f32 rate")
