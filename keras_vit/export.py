@@ -25,12 +25,11 @@ Outputs (a dict, the names TF Serving reports):
 TensorFlow is imported inside the functions, so `import keras_vit` stays backend-neutral.
 """
 
-import contextlib
 import os
 import tempfile
 
-from keras_vit.models.base import freezes_kernels
-from keras_vit.models.batch_halves import halves_batch, run_in_halves
+from keras_vit.models.base import freezes_kernels, halves_batch
+from keras_vit.models.batch_halves import run_traced_inference
 from keras_vit.models.frozen_kernels import KernelSnapshot
 
 TOP_K = 5
@@ -155,10 +154,7 @@ def serving_function(
         whole = run_model
 
         def run_model(x):
-            with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
-                if not halves:
-                    return whole(x)
-                return run_in_halves(whole, x, branch_unknown=snapshot is None)
+            return run_traced_inference(whole, x, snapshot, halves)
 
     def forward(pixels):
         x = pixels

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 import keras_vit
-from keras_vit.models.batch_halves import halves_batch, run_in_halves
+from keras_vit.models.base import halves_batch
+from keras_vit.models.batch_halves import run_in_halves
 from tests.export_fixtures import assert_discriminative, randomize_keras_model
 from tests.helpers import require_onednn_graph, structured_pixels
 

@@ -3,13 +3,11 @@ and dtype, the training contract (weight-decay exclusions, block index of every 
 classifier heads) that optimisers, recipes and the distiller ask instead of matching
 variable names."""
 
-import contextlib
-
 import keras
 
 from keras_vit._keras_compat import flatten_layers, model_supports_jit
 from keras_vit.models._collector import frozen_gc
-from keras_vit.models.batch_halves import halves_batch, run_in_halves
+from keras_vit.models.batch_halves import run_traced_inference
 from keras_vit.models.frozen_kernels import KernelSnapshot
 
 
@@ -105,11 +103,8 @@ class XLAByDefault:
 
         if tf.executing_eagerly():  # run_eagerly: no graph to trace constants into
             return super().predict_step(*args, **kwargs)
-        with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
-            if not self._predict_halves:
-                return super().predict_step(*args, **kwargs)
-            x, _, _ = keras.utils.unpack_x_y_sample_weight(args[0])
-            return run_in_halves(super().predict_step, x, branch_unknown=snapshot is None)
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(args[0])
+        return run_traced_inference(super().predict_step, x, snapshot, self._predict_halves)
 
     def _drop_stale_predict_function(self):
         """Before `predict`: a predict function traced with frozen kernels is dropped (and
@@ -160,6 +155,20 @@ def freezes_kernels(model):
     if keras.backend.backend() != "tensorflow" or _quantized(model):
         return False
     if model.dtype_policy.compute_dtype not in FROZEN_KERNEL_DTYPES:
+        return False
+    from keras_vit.layers.trace_context import onednn_cpu
+
+    return not _distributed(model) and onednn_cpu()
+
+
+def halves_batch(model):
+    """Whether TF-graph inference (`predict`, `predict_on_batch`, the SavedModel) of `model`
+    runs its batch as two halves side by side (keras_vit/models/batch_halves.py): TensorFlow
+    on a oneDNN CPU, no tf.distribute strategy (whose replicas already split the batch),
+    unless the model says otherwise (`model.inference_batch_halves = False`)."""
+    if keras.backend.backend() != "tensorflow" or not getattr(
+        model, "inference_batch_halves", True
+    ):
         return False
     from keras_vit.layers.trace_context import onednn_cpu
 

@@ -15,29 +15,11 @@ MobileViT-S 1.08x, -XXS 1.08x, v2 0.5 1.01x, v2 1.0 0.95x; bfloat16 1.13x, 1.02x
 1.06x, 1.08x, 1.09x. A second run gave float32 ViT-B 1.05x, v2 0.5 1.11x, v2 1.0 0.96x:
 within this machine's run-to-run spread the float32 gain is 0 to 10%, bf16's is steadier.
 Under XLA (the float32 training of some families, int8) the cluster is one program and
-gains little (1.03x-1.08x), so it keeps the whole batch.
+gains little (1.03x-1.08x), so it keeps the whole batch. Whether a model takes the halves:
+`keras_vit.models.base.halves_batch`.
 """
 
-
-def halves_batch(model):
-    """Whether TF-graph inference (`predict`, `predict_on_batch`, the SavedModel) of `model`
-    runs its batch in two halves: TensorFlow on a oneDNN CPU, outside any tf.distribute
-    strategy (whose replicas already split the batch), unless the model says otherwise
-    (`model.inference_batch_halves = False`)."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow" or not getattr(
-        model, "inference_batch_halves", True
-    ):
-        return False
-    import tensorflow as tf
-
-    from keras_vit.layers.trace_context import onednn_cpu
-
-    distributed = tf.distribute.has_strategy() or (
-        getattr(model, "distribute_strategy", None) is not tf.distribute.get_strategy()
-    )
-    return not distributed and onednn_cpu()
+import contextlib
 
 
 def run_in_halves(run, x, branch_unknown=True):
@@ -61,3 +43,13 @@ def run_in_halves(run, x, branch_unknown=True):
     if not branch_unknown:
         return run(x)
     return tf.cond(tf.shape(x)[0] >= 2, halves, lambda: run(x))
+
+
+def run_traced_inference(run, x, snapshot=None, halves=False):
+    """`run(x)` as TF-graph inference traces it (`predict_step`, the SavedModel): under
+    `snapshot`'s frozen kernels (a `KernelSnapshot`, frozen_kernels.py) where one is given,
+    in two halves where `halves` (run whole on an unknown batch when kernels are frozen)."""
+    with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
+        if not halves:
+            return run(x)
+        return run_in_halves(run, x, branch_unknown=snapshot is None)
