@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import keras_vit
 from keras_vit.models.base import halves_batch
-from keras_vit.models.batch_halves import run_in_halves
+from keras_vit.models.batch_halves import inference_parts, run_in_parts
 from tests.export_fixtures import assert_discriminative, randomize_keras_model
 from tests.helpers import require_onednn_graph, structured_pixels
 
@@ -37,17 +37,51 @@ def _rows(n):
 @pytest.mark.parametrize("batch,halves", [(7, [4, 3]), (2, [1, 1]), (1, [1])])
 def test_a_known_batch_runs_as_halves_in_order(batch, halves):
     calls, x = [], _rows(batch)
-    out = tf.function(lambda t: run_in_halves(_recording_run(calls), t))(x)
+    out = tf.function(lambda t: run_in_parts(_recording_run(calls), t))(x)
     assert calls == halves
     np.testing.assert_array_equal(out["scaled"], x.numpy() * 2.0)
     np.testing.assert_array_equal(out["sums"], x.numpy().sum(1))
+
+
+@pytest.mark.parametrize(
+    "batch,parts,sizes",
+    [(8, 3, [3, 3, 2]), (8, 4, [2, 2, 2, 2]), (3, 4, [1, 1, 1]), (5, 4, [2, 2, 1])],
+)
+def test_a_known_batch_runs_in_parts_in_order(batch, parts, sizes):
+    calls, x = [], _rows(batch)
+    out = tf.function(lambda t: run_in_parts(_recording_run(calls), t, parts))(x)
+    assert calls == sizes
+    np.testing.assert_array_equal(out["scaled"], x.numpy() * 2.0)
+    np.testing.assert_array_equal(out["sums"], x.numpy().sum(1))
+
+
+@pytest.mark.parametrize(
+    "env,parts",
+    [
+        ({}, 2),  # TensorFlow's default pools: two halves
+        ({"TF_NUM_INTRAOP_THREADS": "2"}, 2),
+        ({"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "6"}, 6),
+        ({"TF_NUM_INTRAOP_THREADS": "1"}, None),  # one part per core
+    ],
+)
+def test_one_intra_op_thread_gives_one_part_per_inter_op_thread(monkeypatch, env, parts):
+    import os
+
+    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    # this process's pools are TensorFlow's defaults (the Python setting would win over both)
+    assert tf.config.threading.get_intra_op_parallelism_threads() == 0
+    expected = parts or max(2, len(os.sched_getaffinity(0)))
+    assert inference_parts() == expected
 
 
 @pytest.mark.parametrize("branch_unknown", [True, False])
 def test_an_unknown_batch_chooses_at_run_time_or_runs_whole(branch_unknown):
     calls = []
     fn = tf.function(
-        lambda t: run_in_halves(_recording_run(calls), t, branch_unknown=branch_unknown),
+        lambda t: run_in_parts(_recording_run(calls), t, branch_unknown=branch_unknown),
         input_signature=[tf.TensorSpec((None, 3), tf.float32)],
     )
     for batch in (1, 2, 5):  # one trace serves every size, a batch of one included
@@ -87,6 +121,27 @@ def test_predict_in_halves_gives_the_whole_batch_answer(family, dtype):
     out = np.asarray(halved.predict(x, batch_size=3, verbose=0), np.float32)  # 3, 3, 1
     ref = np.asarray(whole.predict(x, batch_size=3, verbose=0), np.float32)
     np.testing.assert_allclose(out, ref, rtol=0, atol=tol * np.abs(ref).max())
+
+
+def test_predict_with_one_intra_op_thread_runs_one_part_per_inter_op_thread(monkeypatch):
+    from keras_vit.models import batch_halves
+
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # read as predict traces
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")
+    counts, run_in_parts = [], batch_halves.run_in_parts
+
+    def recording(run, x, parts=2, branch_unknown=True):
+        counts.append(parts)
+        return run_in_parts(run, x, parts, branch_unknown)
+
+    monkeypatch.setattr(batch_halves, "run_in_parts", recording)
+    parts, whole = _pair("deit", "float32")
+    x = structured_pixels(7, 32, 32, seed=2)
+    ref = np.asarray(whole.predict_on_batch(x), np.float32)
+    out = np.asarray(parts.predict_on_batch(x), np.float32)  # 3 + 3 + 1
+    assert counts == [3]
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    assert_discriminative(ref)
 
 
 @pytest.mark.parametrize("case", ["int8", "xla", "opted_out", "strategy"])

@@ -1,4 +1,4 @@
-"""Inference with the batch cut into two halves that run side by side, on TensorFlow's CPU graph.
+"""Inference with the batch cut into parts (two halves) run side by side, on TensorFlow's CPU graph.
 
 Why: on TensorFlow's oneDNN graph the ops of one batch form a single chain, each oneDNN
 primitive hands its work to the intra-op pool and waits for it, and the ops that do not
@@ -16,40 +16,76 @@ MobileViT-S 1.08x, -XXS 1.08x, v2 0.5 1.01x, v2 1.0 0.95x; bfloat16 1.13x, 1.02x
 within this machine's run-to-run spread the float32 gain is 0 to 10%, bf16's is steadier.
 Under XLA (the float32 training of some families, int8) the cluster is one program and
 gains little (1.03x-1.08x), so it keeps the whole batch. Whether a model takes the halves:
-`keras_vit.models.base.halves_batch`.
+`keras_vit.models.base.halves_batch`; a user who gives TensorFlow one intra-op thread gets one
+part per inter-op thread instead (`inference_parts`).
 """
 
 import contextlib
+import os
 
 
-def run_in_halves(run, x, branch_unknown=True):
-    """`run(x)` (a structure of `(N, ...)` tensors) computed as `run` of `x[:h]` and of
-    `x[h:]`, `h = ceil(N / 2)`, concatenated along the batch. A batch of one runs whole (an
-    empty half does not run: TensorFlow's kernels reject empty batches). An unknown batch size
-    (a relaxed trace, a SavedModel signature) chooses at run time with a `tf.cond`, or, with
-    `branch_unknown=False`, runs whole: inside a `tf.cond` branch the frozen kernels
-    (frozen_kernels.py) arrive through the branch's `Switch`, not as `Const` nodes, and
-    oneDNN then runs them as variables, slower and not bit-equal to the traced-shape form."""
+def inference_parts():
+    """How many side-by-side parts a known batch is cut into: one per inter-op thread where
+    TensorFlow's intra-op pool has a single thread (`TF_NUM_INTRAOP_THREADS=1`, or
+    `tf.config.threading.set_intra_op_parallelism_threads(1)` before the first op), else two.
+
+    Why: with one intra-op thread every op runs on the thread that starts it, so each part is
+    a chain on its own core with no hand-off to a pool and no waiting for it (measured, stop
+    29, 2-core AMD EPYC, batch 8, float32: MobileViT-XXS 240 against 211 img/s with the
+    default pool, v2 0.5 235 against 181, -S 72 against 64). Such a user has given the cores
+    to the inter-op pool, so the batch is cut into as many parts as it has threads (by
+    default one per core); with the default intra-op pool two halves overlap best."""
     import tensorflow as tf
 
-    def halves():
-        h = (tf.shape(x)[0] + 1) // 2
-        first, second = run(x[:h]), run(x[h:])
-        return tf.nest.map_structure(lambda a, b: tf.concat([a, b], 0), first, second)
+    def setting(getter, variable):
+        # the Python setting wins; else TensorFlow reads the environment variable (0: unset)
+        return getter() or int(os.environ.get(variable) or 0)
+
+    intra = setting(tf.config.threading.get_intra_op_parallelism_threads, "TF_NUM_INTRAOP_THREADS")
+    if intra != 1:
+        return 2
+    inter = setting(tf.config.threading.get_inter_op_parallelism_threads, "TF_NUM_INTEROP_THREADS")
+    return max(2, inter or len(os.sched_getaffinity(0)))
+
+
+def run_in_parts(run, x, parts=2, branch_unknown=True):
+    """`run(x)` (a structure of `(N, ...)` tensors) computed as `run` of consecutive slices
+    of `x` of `ceil(N / min(parts, N))` images each, concatenated along the batch. A batch
+    of one runs whole (an empty slice does not run: TensorFlow's kernels reject empty
+    batches). An unknown batch size (a relaxed trace, a SavedModel signature) runs as two
+    halves, chosen at run time with a `tf.cond` (one branch per part count would copy the
+    graph once per count), or, with `branch_unknown=False`, whole: inside a `tf.cond` branch
+    the frozen kernels (frozen_kernels.py) arrive through the branch's `Switch`, not as
+    `Const` nodes, and oneDNN then runs them as variables, slower and not bit-equal to the
+    traced-shape form."""
+    import tensorflow as tf
+
+    def concat(pieces):
+        return tf.nest.map_structure(lambda *a: tf.concat(a, 0), *pieces)
 
     batch = x.shape[0]
     if batch is not None:
-        return halves() if batch >= 2 else run(x)
+        count = min(parts, batch)
+        if count < 2:
+            return run(x)
+        size = -(-batch // count)  # ceil: 8 in 3 parts is 3 + 3 + 2
+        return concat([run(x[i : i + size]) for i in range(0, batch, size)])
     if not branch_unknown:
         return run(x)
+
+    def halves():
+        h = (tf.shape(x)[0] + 1) // 2
+        return concat([run(x[:h]), run(x[h:])])
+
     return tf.cond(tf.shape(x)[0] >= 2, halves, lambda: run(x))
 
 
 def run_traced_inference(run, x, snapshot=None, halves=False):
     """`run(x)` as TF-graph inference traces it (`predict_step`, the SavedModel): under
     `snapshot`'s frozen kernels (a `KernelSnapshot`, frozen_kernels.py) where one is given,
-    in two halves where `halves` (run whole on an unknown batch when kernels are frozen)."""
+    in side-by-side parts (`inference_parts()`) where `halves` (run whole on an unknown batch
+    when kernels are frozen)."""
     with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
         if not halves:
             return run(x)
-        return run_in_halves(run, x, branch_unknown=snapshot is None)
+        return run_in_parts(run, x, inference_parts(), branch_unknown=snapshot is None)
