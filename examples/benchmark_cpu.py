@@ -36,6 +36,12 @@ float32 and full-integer int8 (calibrated on 100 built-in digits), and times the
 interpreter on one image (its on-device batch), interleaved, with the int8 file's top-1
 agreement and logits correlation with float32 on 200 held-out digits.
 
+TensorFlow's thread pools are the process's (set before TensorFlow starts): run with
+`TF_NUM_INTRAOP_THREADS=1` to time the models as a throughput-minded user who gives each
+inter-op thread one core runs them (the batch then runs in one part per inter-op thread,
+keras_vit/models/batch_halves.py); the matmul rate is then that of one 4096^3 matmul per
+inter-op thread side by side.
+
 `--savedmodel` also exports the keras_vit bf16 and int8 models with `export_saved_model` and
 times their `serving_default` in a second process where keras cannot be imported (what TF
 Serving runs), alternating batch by batch with `predict_on_batch` here.
@@ -66,6 +72,7 @@ from helpers import (  # noqa: E402
 )
 
 import keras_vit  # noqa: E402
+from keras_vit.models.batch_halves import inference_parts  # noqa: E402
 
 DEFAULT_MODELS = [
     "deit_small_patch16_224",
@@ -97,19 +104,21 @@ def cpu_description():
     return name, {flag: flag in flags for flag in CPU_FLAGS}
 
 
-def matmul_gflops(dtype="float32", n=4096, reps=5):
-    """TensorFlow's n^3 matmul rate (median of `reps`), GFLOP/s."""
+def matmul_gflops(dtype="float32", n=4096, reps=5, chains=1):
+    """TensorFlow's n^3 matmul rate (median of `reps`), GFLOP/s, as `chains` independent
+    matmuls side by side: with one intra-op thread (TF_NUM_INTRAOP_THREADS=1) one matmul
+    runs on one core, so the machine's rate is one matmul per inter-op thread."""
     import tensorflow as tf
 
     a = tf.cast(tf.random.normal((n, n)), dtype)
-    step = tf.function(lambda: tf.matmul(a, a))
-    step().numpy()
+    step = tf.function(lambda: [tf.matmul(a + i, a) for i in range(chains)])
+    step()[0].numpy()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
-        step().numpy()
+        [c.numpy() for c in step()]
         times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return chains * 2 * n**3 / statistics.median(times) / 1e9
 
 
 def image_size(name):
@@ -329,10 +338,15 @@ def main():
 
     cpu, flags = cpu_description()
     print(f"CPU: {cpu}; " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items()))
-    f32_rate, bf16_rate = matmul_gflops("float32"), matmul_gflops("bfloat16")
+    parts = inference_parts()  # 2 (halves) unless TF has one intra-op thread
+    intra = os.environ.get("TF_NUM_INTRAOP_THREADS") or "default"
+    chains = 1 if intra != "1" else parts
+    f32_rate = matmul_gflops("float32", chains=chains)
+    bf16_rate = matmul_gflops("bfloat16", chains=chains)
     print(
-        f"threads: torch {torch.get_num_threads()}, batch {args.batch}, {args.rounds} "
-        f"interleaved rounds, median; TF 4096^3 matmul: float32 {f32_rate:.0f} GFLOP/s, "
+        f"threads: torch {torch.get_num_threads()}, TF intra-op {intra} (a batch in {parts} "
+        f"parts), batch {args.batch}, {args.rounds} interleaved rounds, median; TF 4096^3 "
+        f"matmul ({chains} side by side): float32 {f32_rate:.0f} GFLOP/s, "
         f"bfloat16 {bf16_rate:.0f} GFLOP/s"
     )
     print("images/s; [corr, top-1] of logits vs the float32 model for reduced precision")
