@@ -77,18 +77,26 @@ def test_one_intra_op_thread_gives_one_part_per_inter_op_thread(monkeypatch, env
     assert inference_parts() == expected
 
 
-@pytest.mark.parametrize("branch_unknown", [True, False])
-def test_an_unknown_batch_chooses_at_run_time_or_runs_whole(branch_unknown):
-    calls = []
+def test_an_unknown_batch_chooses_at_run_time_each_branch_in_its_scope():
+    import contextlib
+
+    calls, scopes = [], []
+
+    @contextlib.contextmanager
+    def branch_scope():  # what the frozen kernels' scope is to each branch
+        scopes.append(len(calls))
+        yield
+
     fn = tf.function(
-        lambda t: run_in_parts(_recording_run(calls), t, branch_unknown=branch_unknown),
+        lambda t: run_in_parts(_recording_run(calls), t, branch_scope=branch_scope),
         input_signature=[tf.TensorSpec((None, 3), tf.float32)],
     )
     for batch in (1, 2, 5):  # one trace serves every size, a batch of one included
         x = _rows(batch)
         np.testing.assert_array_equal(fn(x)["scaled"], x.numpy() * 2.0)
-    # halves (two traces of `run`) and the whole batch inside the tf.cond, or the whole only
-    assert calls == ([None, None, None] if branch_unknown else [None])
+    # halves (two traces of `run`) and the whole batch inside the tf.cond, each branch
+    # entering its own scope before it traces `run`
+    assert calls == [None, None, None] and scopes == [0, 2]
 
 
 def _pair(family, dtype):
@@ -130,9 +138,9 @@ def test_predict_with_one_intra_op_thread_runs_one_part_per_inter_op_thread(monk
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")
     counts, run_in_parts = [], batch_halves.run_in_parts
 
-    def recording(run, x, parts=2, branch_unknown=True):
+    def recording(run, x, parts=2, **kwargs):
         counts.append(parts)
-        return run_in_parts(run, x, parts, branch_unknown)
+        return run_in_parts(run, x, parts, **kwargs)
 
     monkeypatch.setattr(batch_halves, "run_in_parts", recording)
     parts, whole = _pair("deit", "float32")

@@ -67,6 +67,42 @@ def test_the_traced_function_holds_the_kernels_not_the_variables(monkeypatch):
     assert captured and not captured & kernels
 
 
+def _kernel_consts(graph_def, shapes):
+    """Names of the `Const` nodes in `graph_def`'s outer graph and in each of its library's
+    functions whose shape is one of `shapes` (the frozen kernels')."""
+
+    def consts(nodes):
+        return sum(
+            1
+            for n in nodes
+            if n.op == "Const"
+            and tuple(d.size for d in n.attr["value"].tensor.tensor_shape.dim) in shapes
+        )
+
+    inner = {f.signature.name: consts(f.node_def) for f in graph_def.library.function}
+    return consts(graph_def.node), {k: v for k, v in inner.items() if v}
+
+
+def test_an_unknown_batch_in_halves_makes_the_kernels_inside_each_branch():
+    """The SavedModel's unknown batch runs a `tf.cond` of halves / whole: each branch holds
+    its own kernel constants (made outside, they would enter through the branch's Switch
+    and oneDNN would run them as variables), and both branches give the frozen answer."""
+    model, x = _model(), _images()
+    shapes = {tuple(v.shape) for v in frozen_kernel_variables(model)}
+    n_kernels = len(frozen_kernel_variables(model))
+    fn = tf.function(serving_function(model, freeze_kernels=True, halves=True))
+    concrete = fn.get_concrete_function(tf.TensorSpec((None, 32, 32, 3), tf.float32))
+    outer, branches = _kernel_consts(concrete.graph.as_graph_def(), shapes)
+    assert outer == 0 and len(branches) == 2, (outer, branches)
+    assert sorted(branches.values()) == [n_kernels, n_kernels]
+    captured = {id(v) for v in concrete.variables}
+    assert not captured & {id(v.value) for v in frozen_kernel_variables(model)}
+    ref = np.asarray(model.predict_on_batch(x), np.float32)  # traced batch: frozen, in halves
+    for batch in (4, 1):  # the halves branch, then the whole one
+        out = concrete(tf.constant(x[:batch]))["logits"].numpy()
+        np.testing.assert_array_equal(out, ref[:batch])
+
+
 @pytest.mark.parametrize("first", ["predict_on_batch", "predict"])
 @pytest.mark.parametrize("route", ["set_weights", "assign_in_tf_function", "fit"])
 def test_predict_follows_changed_weights(route, first):

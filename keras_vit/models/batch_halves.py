@@ -48,16 +48,13 @@ def inference_parts():
     return max(2, inter or len(os.sched_getaffinity(0)))
 
 
-def run_in_parts(run, x, parts=2, branch_unknown=True):
+def run_in_parts(run, x, parts=2, branch_scope=contextlib.nullcontext):
     """`run(x)` (a structure of `(N, ...)` tensors) computed as `run` of consecutive slices
     of `x` of `ceil(N / min(parts, N))` images each, concatenated along the batch. A batch
     of one runs whole (an empty slice does not run: TensorFlow's kernels reject empty
     batches). An unknown batch size (a relaxed trace, a SavedModel signature) runs as two
-    halves, chosen at run time with a `tf.cond` (one branch per part count would copy the
-    graph once per count), or, with `branch_unknown=False`, whole: inside a `tf.cond` branch
-    the frozen kernels (frozen_kernels.py) arrive through the branch's `Switch`, not as
-    `Const` nodes, and oneDNN then runs them as variables, slower and not bit-equal to the
-    traced-shape form."""
+    halves or whole, chosen at run time with a `tf.cond` (one branch per part count would
+    copy the graph once per count); each branch is traced inside its own `branch_scope()`."""
     import tensorflow as tf
 
     def concat(pieces):
@@ -70,22 +67,35 @@ def run_in_parts(run, x, parts=2, branch_unknown=True):
             return run(x)
         size = -(-batch // count)  # ceil: 8 in 3 parts is 3 + 3 + 2
         return concat([run(x[i : i + size]) for i in range(0, batch, size)])
-    if not branch_unknown:
-        return run(x)
 
     def halves():
-        h = (tf.shape(x)[0] + 1) // 2
-        return concat([run(x[:h]), run(x[h:])])
+        with branch_scope():
+            h = (tf.shape(x)[0] + 1) // 2
+            return concat([run(x[:h]), run(x[h:])])
 
-    return tf.cond(tf.shape(x)[0] >= 2, halves, lambda: run(x))
+    def whole():
+        with branch_scope():
+            return run(x)
+
+    return tf.cond(tf.shape(x)[0] >= 2, halves, whole)
 
 
 def run_traced_inference(run, x, snapshot=None, halves=False):
     """`run(x)` as TF-graph inference traces it (`predict_step`, the SavedModel): under
     `snapshot`'s frozen kernels (a `KernelSnapshot`, frozen_kernels.py) where one is given,
-    in side-by-side parts (`inference_parts()`) where `halves` (run whole on an unknown batch
-    when kernels are frozen)."""
+    in side-by-side parts (`inference_parts()`) where `halves`.
+
+    An unknown batch with frozen kernels makes the kernels' constants inside each branch of
+    the `tf.cond`: constants made outside would enter the branches through their `Switch`,
+    and oneDNN would then run them as variables (its plain-layout kernel: measured, stop 29,
+    DeiT-S bf16 SavedModel, batch 8, 2-core AMD EPYC, 70.6 img/s against 75.1 (a first run:
+    74.0 against 77.5), and 42.7
+    against 82.4 with one intra-op thread, where the old whole-batch fallback ran on one
+    core; outputs bit-equal to `predict_on_batch` either way). What it costs: the SavedModel
+    holds the frozen kernels once per branch (DeiT-S bf16: 136 MB -> 226 MB)."""
+    if snapshot is not None and halves and x.shape[0] is None:
+        return run_in_parts(run, x, inference_parts(), branch_scope=snapshot.frozen)
     with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
         if not halves:
             return run(x)
-        return run_in_parts(run, x, inference_parts(), branch_unknown=snapshot is None)
+        return run_in_parts(run, x, inference_parts())
