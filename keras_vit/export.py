@@ -136,7 +136,8 @@ def serving_function(
     matmul kernels as graph constants, as `predict` does on TF's oneDNN graph in bfloat16
     (keras_vit/models/frozen_kernels.py); the kernels are those of the moment of tracing.
     `halves`: run the batch as two halves side by side, as `predict` does on TF's oneDNN
-    graph (keras_vit/models/batch_halves.py)."""
+    CPU (keras_vit/models/batch_halves.py; with `jit_compile`, each half its own XLA
+    program)."""
     import tensorflow as tf
 
     from keras_vit.layers.preprocessing import normalize
@@ -146,15 +147,11 @@ def serving_function(
     num_classes = _num_outputs(model)
     k = min(top_k, num_classes)
     names = None if class_names is None else tf.constant(class_names, tf.string)
-    run_model = lambda x: model(x, training=False)  # noqa: E731
-    if jit_compile:
-        run_model = tf.function(run_model, jit_compile=True)
-    else:
-        snapshot = KernelSnapshot(model) if freeze_kernels else None
-        whole = run_model
+    snapshot = KernelSnapshot(model) if freeze_kernels and not jit_compile else None
 
-        def run_model(x):
-            return run_traced_inference(whole, x, snapshot, halves)
+    def run_model(x):
+        whole = lambda t: model(t, training=False)  # noqa: E731
+        return run_traced_inference(whole, x, snapshot, halves, jit_compile)
 
     def forward(pixels):
         x = pixels
@@ -231,7 +228,7 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K, transform=Non
     # graph by family, dtype and device), so the export serves at its speed
     jit = bool(getattr(model, "predict_jit_compile", getattr(model, "jit_compile", False)))
     freeze = not jit and freezes_kernels(model)  # and its constant kernels, where it has them
-    halves = not jit and halves_batch(model)  # and its two half-batches side by side
+    halves = halves_batch(model)  # and its half-batches side by side (under XLA: 2 programs)
     forward = serving_function(model, top_k, names, jit, freeze, halves)
     serve_bytes = bytes_function(model, transform, top_k, names, jit, freeze, halves)
 

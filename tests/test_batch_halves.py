@@ -152,7 +152,7 @@ def test_predict_with_one_intra_op_thread_runs_one_part_per_inter_op_thread(monk
     assert_discriminative(ref)
 
 
-@pytest.mark.parametrize("case", ["int8", "xla", "opted_out", "strategy"])
+@pytest.mark.parametrize("case", ["opted_out", "strategy"])
 def test_other_paths_keep_the_whole_batch(case):
     require_onednn_graph()
     name, kwargs = MODELS["deit"]
@@ -163,14 +163,40 @@ def test_other_paths_keep_the_whole_batch(case):
         return
     model = keras_vit.create_model(name, **kwargs)
     assert halves_batch(model)
-    if case == "int8":
-        model.quantize("int8")  # XLA: one program, and int8 gains little from halves
-    elif case == "xla":
-        model.compile(jit_compile=True)
-    else:
-        model.inference_batch_halves = False
+    model.inference_batch_halves = False
     model.predict_on_batch(structured_pixels(4, 32, 32, seed=1))
-    assert not model._predict_halves
+    assert not model._predict_halves and not model._predict_part_jit
+
+
+@pytest.mark.parametrize("case", ["int8", "xla"])
+def test_under_xla_each_half_is_its_own_program(case, monkeypatch):
+    """int8 and an explicit `jit_compile=True` run under XLA: in halves, each half compiled
+    on its own (two programs side by side), with the answer of one whole-batch program."""
+    from keras_vit.models import batch_halves
+
+    require_onednn_graph()
+    jits, run_in_parts = [], batch_halves.run_in_parts
+
+    def recording(run, x, parts=2, **kwargs):
+        jits.append(getattr(run, "_jit_compile", None))  # a tf.function compiled with XLA
+        return run_in_parts(run, x, parts, **kwargs)
+
+    monkeypatch.setattr(batch_halves, "run_in_parts", recording)
+    halved, _ = _pair("deit", "float32")
+    if case == "int8":
+        halved.quantize("int8")
+    else:
+        halved.compile(jit_compile=True)
+    assert halved.predict_jit_compile
+    x = structured_pixels(7, 32, 32, seed=2)
+    out = np.asarray(halved.predict_on_batch(x), np.float32)
+    assert halved._predict_halves and halved._predict_part_jit and jits == [True]
+    whole = tf.function(lambda t: halved(t, training=False), jit_compile=True)
+    ref = whole(tf.constant(x)).numpy()
+    # int8: each half's XLA program may round its dynamic activation scales differently
+    tol = 2e-3 if case == "int8" else 1e-5
+    np.testing.assert_allclose(out, ref, rtol=0, atol=tol * np.abs(ref).max())
+    assert_discriminative(ref)
 
 
 def test_a_model_of_another_backend_is_never_halved(monkeypatch):

@@ -79,6 +79,8 @@ class XLAByDefault:
     _kernel_snapshot = None
     # whether the predict function runs the batch as two halves side by side (batch_halves.py)
     _predict_halves = False
+    # whether each of those parts runs as its own XLA program (predict under XLA)
+    _predict_part_jit = False
 
     def make_predict_function(self, force=False):
         if self.predict_function is not None and not force:
@@ -86,10 +88,14 @@ class XLAByDefault:
         jit, predict_jit = self.jit_compile, self.predict_jit_compile
         freeze = not predict_jit and freezes_kernels(self)
         self._kernel_snapshot = KernelSnapshot(self) if freeze else None
-        self._predict_halves = not predict_jit and halves_batch(self)
-        if predict_jit == jit:
+        self._predict_halves = halves_batch(self)
+        # under XLA with parts: each part is an XLA program of its own (batch_halves.py), so
+        # the function around them is a plain graph that runs them side by side
+        self._predict_part_jit = predict_jit and self._predict_halves
+        outer_jit = predict_jit and not self._predict_halves
+        if outer_jit == jit:
             return super().make_predict_function(force)
-        self._jit_compile = predict_jit  # what Keras reads as it builds the predict function
+        self._jit_compile = outer_jit  # what Keras reads as it builds the predict function
         try:
             return super().make_predict_function(force)
         finally:
@@ -104,7 +110,9 @@ class XLAByDefault:
         if tf.executing_eagerly():  # run_eagerly: no graph to trace constants into
             return super().predict_step(*args, **kwargs)
         x, _, _ = keras.utils.unpack_x_y_sample_weight(args[0])
-        return run_traced_inference(super().predict_step, x, snapshot, self._predict_halves)
+        return run_traced_inference(
+            super().predict_step, x, snapshot, self._predict_halves, self._predict_part_jit
+        )
 
     def _drop_stale_predict_function(self):
         """Before `predict`: a predict function traced with frozen kernels is dropped (and
@@ -116,7 +124,7 @@ class XLAByDefault:
     def _drop_predict_function(self):
         self.predict_function = None
         self._kernel_snapshot = None
-        self._predict_halves = False
+        self._predict_halves = self._predict_part_jit = False
 
     def _auto_jit_compile(self, function):
         """ "auto"'s choice for `function`: "fit" (training, evaluate) or "predict"."""
