@@ -72,7 +72,7 @@ from helpers import (  # noqa: E402
 )
 
 import keras_vit  # noqa: E402
-from keras_vit.models.batch_halves import inference_parts  # noqa: E402
+from keras_vit.models.batch_halves import inference_parts, thread_setting  # noqa: E402
 
 DEFAULT_MODELS = [
     "deit_small_patch16_224",
@@ -339,8 +339,8 @@ def main():
     cpu, flags = cpu_description()
     print(f"CPU: {cpu}; " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items()))
     parts = inference_parts()  # 2 (halves) unless TF has one intra-op thread
-    intra = os.environ.get("TF_NUM_INTRAOP_THREADS") or "default"
-    chains = 1 if intra != "1" else parts
+    intra = thread_setting("intra") or "default"
+    chains = parts if intra == 1 else 1
     f32_rate = matmul_gflops("float32", chains=chains)
     bf16_rate = matmul_gflops("bfloat16", chains=chains)
     print(

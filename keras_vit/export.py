@@ -148,9 +148,9 @@ def serving_function(
     k = min(top_k, num_classes)
     names = None if class_names is None else tf.constant(class_names, tf.string)
     snapshot = KernelSnapshot(model) if freeze_kernels and not jit_compile else None
+    whole = lambda x: model(x, training=False)  # noqa: E731
 
     def run_model(x):
-        whole = lambda t: model(t, training=False)  # noqa: E731
         return run_traced_inference(whole, x, snapshot, halves, jit_compile)
 
     def forward(pixels):
@@ -228,7 +228,7 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K, transform=Non
     # graph by family, dtype and device), so the export serves at its speed
     jit = bool(getattr(model, "predict_jit_compile", getattr(model, "jit_compile", False)))
     freeze = not jit and freezes_kernels(model)  # and its constant kernels, where it has them
-    halves = halves_batch(model)  # and its half-batches side by side (under XLA: 2 programs)
+    halves = halves_batch(model)  # and its parts side by side (XLA: a program each)
     forward = serving_function(model, top_k, names, jit, freeze, halves)
     serve_bytes = bytes_function(model, transform, top_k, names, jit, freeze, halves)
 

@@ -131,18 +131,25 @@ def test_predict_in_halves_gives_the_whole_batch_answer(family, dtype):
     np.testing.assert_allclose(out, ref, rtol=0, atol=tol * np.abs(ref).max())
 
 
-def test_predict_with_one_intra_op_thread_runs_one_part_per_inter_op_thread(monkeypatch):
+def _spy_on_run_in_parts(monkeypatch, note):
+    """A list that gets `note(run, parts)` for each call of `run_in_parts` from
+    `run_traced_inference` (which then goes on as before)."""
     from keras_vit.models import batch_halves
 
-    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # read as predict traces
-    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")
-    counts, run_in_parts = [], batch_halves.run_in_parts
+    notes, run_in_parts = [], batch_halves.run_in_parts
 
     def recording(run, x, parts=2, **kwargs):
-        counts.append(parts)
+        notes.append(note(run, parts))
         return run_in_parts(run, x, parts, **kwargs)
 
     monkeypatch.setattr(batch_halves, "run_in_parts", recording)
+    return notes
+
+
+def test_predict_with_one_intra_op_thread_runs_one_part_per_inter_op_thread(monkeypatch):
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # read as predict traces
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")
+    counts = _spy_on_run_in_parts(monkeypatch, lambda run, parts: parts)
     parts, whole = _pair("deit", "float32")
     x = structured_pixels(7, 32, 32, seed=2)
     ref = np.asarray(whole.predict_on_batch(x), np.float32)
@@ -172,16 +179,9 @@ def test_other_paths_keep_the_whole_batch(case):
 def test_under_xla_each_half_is_its_own_program(case, monkeypatch):
     """int8 and an explicit `jit_compile=True` run under XLA: in halves, each half compiled
     on its own (two programs side by side), with the answer of one whole-batch program."""
-    from keras_vit.models import batch_halves
-
     require_onednn_graph()
-    jits, run_in_parts = [], batch_halves.run_in_parts
-
-    def recording(run, x, parts=2, **kwargs):
-        jits.append(getattr(run, "_jit_compile", None))  # a tf.function compiled with XLA
-        return run_in_parts(run, x, parts, **kwargs)
-
-    monkeypatch.setattr(batch_halves, "run_in_parts", recording)
+    # each part's `run`: a tf.function compiled with XLA
+    jits = _spy_on_run_in_parts(monkeypatch, lambda run, parts: getattr(run, "_jit_compile", None))
     halved, _ = _pair("deit", "float32")
     if case == "int8":
         halved.quantize("int8")

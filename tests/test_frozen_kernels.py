@@ -68,8 +68,9 @@ def test_the_traced_function_holds_the_kernels_not_the_variables(monkeypatch):
 
 
 def _kernel_consts(graph_def, shapes):
-    """Names of the `Const` nodes in `graph_def`'s outer graph and in each of its library's
-    functions whose shape is one of `shapes` (the frozen kernels')."""
+    """How many `Const` nodes whose shape is one of `shapes` (the frozen kernels') the outer
+    graph of `graph_def` holds, and {function name: how many} for its library's functions
+    that hold any."""
 
     def consts(nodes):
         return sum(

@@ -14,8 +14,9 @@ with timm and ONNX Runtime, interleaved), halves / whole: float32 DeiT-S 1.05x, 
 MobileViT-S 1.08x, -XXS 1.08x, v2 0.5 1.01x, v2 1.0 0.95x; bfloat16 1.13x, 1.02x, 1.06x,
 1.06x, 1.08x, 1.09x. A second run gave float32 ViT-B 1.05x, v2 0.5 1.11x, v2 1.0 0.96x:
 within this machine's run-to-run spread the float32 gain is 0 to 10%, bf16's is steadier.
-Under XLA (the float32 training of some families, int8) the cluster is one program and
-gains little (1.03x-1.08x), so it keeps the whole batch. Whether a model takes the halves:
+Under XLA (int8, an explicit `jit_compile=True`) each half is an XLA program of its own
+(`run_traced_inference`): halves inside one program gained little (1.03x-1.08x), since it
+runs its ops one after another. Whether a model takes the halves:
 `keras_vit.models.base.halves_batch`; a user who gives TensorFlow one intra-op thread gets one
 part per inter-op thread instead (`inference_parts`).
 """
@@ -35,17 +36,18 @@ def inference_parts():
     default pool, v2 0.5 235 against 181, -S 72 against 64). Such a user has given the cores
     to the inter-op pool, so the batch is cut into as many parts as it has threads (by
     default one per core); with the default intra-op pool two halves overlap best."""
+    if thread_setting("intra") != 1:
+        return 2
+    return max(2, thread_setting("inter") or len(os.sched_getaffinity(0)))
+
+
+def thread_setting(pool):
+    """The thread count TensorFlow's `"intra"` or `"inter"` op pool was given, 0 for its
+    default: the Python setting wins, else TensorFlow reads `TF_NUM_{INTRA,INTER}OP_THREADS`."""
     import tensorflow as tf
 
-    def setting(getter, variable):
-        # the Python setting wins; else TensorFlow reads the environment variable (0: unset)
-        return getter() or int(os.environ.get(variable) or 0)
-
-    intra = setting(tf.config.threading.get_intra_op_parallelism_threads, "TF_NUM_INTRAOP_THREADS")
-    if intra != 1:
-        return 2
-    inter = setting(tf.config.threading.get_inter_op_parallelism_threads, "TF_NUM_INTEROP_THREADS")
-    return max(2, inter or len(os.sched_getaffinity(0)))
+    getter = getattr(tf.config.threading, f"get_{pool}_op_parallelism_threads")
+    return getter() or int(os.environ.get(f"TF_NUM_{pool.upper()}OP_THREADS") or 0)
 
 
 def run_in_parts(run, x, parts=2, branch_scope=contextlib.nullcontext):
@@ -97,16 +99,14 @@ def run_traced_inference(run, x, snapshot=None, halves=False, jit=False):
     the `tf.cond`: constants made outside would enter the branches through their `Switch`,
     and oneDNN would then run them as variables (its plain-layout kernel: measured, stop 29,
     DeiT-S bf16 SavedModel, batch 8, 2-core AMD EPYC, 70.6 img/s against 75.1 (a first run:
-    74.0 against 77.5), and 42.7
-    against 82.4 with one intra-op thread, where the old whole-batch fallback ran on one
-    core; outputs bit-equal to `predict_on_batch` either way). What it costs: the SavedModel
-    holds the frozen kernels once per branch (DeiT-S bf16: 136 MB -> 226 MB)."""
-    if jit:
+    74.0 against 77.5), and 42.7 against 82.4 with one intra-op thread, where the old
+    whole-batch fallback ran on one core; outputs bit-equal to `predict_on_batch` either
+    way). What it costs: the SavedModel holds the frozen kernels once per branch (DeiT-S
+    bf16: 136 MB -> 226 MB)."""
+    if jit:  # no frozen kernels under XLA: `snapshot` is None
         import tensorflow as tf
 
         run = tf.function(run, jit_compile=True)
-        if not halves:
-            return run(x)
     if snapshot is not None and halves and x.shape[0] is None:
         return run_in_parts(run, x, inference_parts(), branch_scope=snapshot.frozen)
     with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
