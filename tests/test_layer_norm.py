@@ -105,8 +105,14 @@ def _onednn_enabled():
     return _pywrap_util_port.IsMklEnabled()
 
 
-@pytest.mark.parametrize("kind, shape", [(LayerNorm, (8, 197, C)), (GroupNorm1, (8, 4, 64, C))])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "kind, shape, dtype",
+    [
+        (LayerNorm, (8, 197, C), "float32"),
+        (LayerNorm, (8, 197, C), "bfloat16"),
+        (GroupNorm1, (8, 4, 64, C), "bfloat16"),
+    ],
+)
 def test_graph_inference_runs_the_onednn_kernel(dtype, kind, shape, tmp_path):
     if not _onednn_enabled():
         pytest.skip("this TensorFlow build has no oneDNN: there is no fused kernel to run")
@@ -117,6 +123,16 @@ def test_graph_inference_runs_the_onednn_kernel(dtype, kind, shape, tmp_path):
     with standard_ops():  # converters' form: Keras's ops, no training-mode batch norm
         plain = executed_ops(tf.function(lambda t: layer(t, training=False)), x, tmp_path / "b")
     assert "_MklLayerNorm" not in plain and "Mean" in plain, sorted(plain)
+
+
+def test_float32_group_norm_keeps_the_keras_form_on_the_graph(tmp_path):
+    """Float32 GroupNorm1 at graph inference is Keras's reductions, not oneDNN's kernel over
+    the long flattened rows nor the tiled gamma and beta (measured slower; GroupNorm1 doc)."""
+    shape = (8, 4, 64, C)
+    layer = _layer("float32", kind=GroupNorm1, shape=shape)
+    x = tf.constant(_inputs(shape))
+    ops = executed_ops(tf.function(lambda t: layer(t, training=False)), x, tmp_path / "a")
+    assert "Mean" in ops and not {"_MklLayerNorm", "Tile"} & set(ops), sorted(ops)
 
 
 @pytest.mark.parametrize(
