@@ -1,6 +1,6 @@
 """CPU inference at float32 / bfloat16 / int8: keras_vit beside timm and ONNX Runtime, one process.
 
-Usage: python examples/benchmark_cpu.py [MODEL ...] [--precisions f32,bf16,int8[,f32_whole,bf16_whole]]
+Usage: python examples/benchmark_cpu.py [MODEL ...] [--precisions f32,bf16,int8[,f32_whole,bf16_whole,f32_graph]]
            [--refs timm_f32,timm_bf16,ort_f32,ort_int8,keras_onnx] [--batch 8] [--rounds 7] [--savedmodel]
            [--tflite]
 
@@ -11,7 +11,10 @@ Every column runs the same network: a timm model with every parameter randomised
   `create_model(name).quantize("int8")`, then `predict_on_batch`, nothing else (the compile
   path is the models' own choice, see keras_vit/models/base.py); f32_whole / bf16_whole
   (asked for by name): the same with the batch run whole instead of as two halves side by
-  side (`model.inference_batch_halves = False`, keras_vit/models/batch_halves.py);
+  side (`model.inference_batch_halves = False`, keras_vit/models/batch_halves.py); f32_graph
+  (by name): float32 compiled with `jit_compile=False`, which keeps every part on TF's graph,
+  where the default runs parts of up to two images (batches up to four) as XLA programs
+  (keras_vit/models/base.py: `small_parts_xla`);
 - timm f32: eager in `torch.inference_mode()`; timm bf16: the same under
   `torch.autocast("cpu", dtype=torch.bfloat16)`;
 - ORT f32 / int8: the timm model through `torch.onnx.export`, then ONNX Runtime; int8 is
@@ -87,6 +90,8 @@ PRECISIONS = ("f32", "bf16", "int8")
 # A/B columns: the same float32 / bf16 models with the batch run whole, not as two halves
 # side by side (keras_vit/models/batch_halves.py: `inference_batch_halves = False`)
 WHOLE_BATCH = ("f32_whole", "bf16_whole")
+# A/B column: float32 with every part on TF's graph (`jit_compile=False`): no small-part XLA
+GRAPH_ONLY = ("f32_graph",)
 REFS = ("timm_f32", "timm_bf16", "ort_f32", "ort_int8", "keras_onnx")
 CPU_FLAGS = ("amx_bf16", "avx512_bf16", "amx_int8", "avx512_vnni")
 
@@ -151,6 +156,8 @@ def build_columns(name, ref, pixels, precisions, refs, workdir):
         model.inference_batch_halves = not precision.endswith("_whole")
         if precision == "int8":
             model.quantize("int8")
+        if precision in GRAPH_ONLY:
+            model.compile(jit_compile=False)
         columns[f"keras_{precision}"] = (
             lambda m=model: np.asarray(m.predict_on_batch(pixels), np.float32),
             model,
@@ -332,7 +339,7 @@ def main():
     args = parser.parse_args()
     precisions = [p for p in args.precisions.split(",") if p]
     refs = [r for r in args.refs.split(",") if r]
-    known = PRECISIONS + WHOLE_BATCH
+    known = PRECISIONS + WHOLE_BATCH + GRAPH_ONLY
     for bad in set(precisions) - set(known) | set(refs) - set(REFS):
         parser.error(f"unknown column {bad!r}; precisions {known}, refs {REFS}")
 
@@ -384,7 +391,8 @@ def main():
                     accuracy_lines.append(
                         f"{name:30s} {column:10s} corr {corr:.5f} top-1 {top1:.3f}"
                     )
-            for column in ("keras_f32", "keras_f32_whole", "timm_f32", "ort_f32", "keras_onnx"):
+            float32 = ("keras_f32", "keras_f32_whole", "keras_f32_graph", "timm_f32", "ort_f32")
+            for column in float32 + ("keras_onnx",):
                 if column in rates:
                     share = gflops * rates[column] / f32_rate
                     share_lines.append(f"{name:30s} {column:10s} {share:6.1%} of the f32 rate")

@@ -28,7 +28,7 @@ TensorFlow is imported inside the functions, so `import keras_vit` stays backend
 import os
 import tempfile
 
-from keras_vit.models.base import freezes_kernels, halves_batch
+from keras_vit.models.base import freezes_kernels, halves_batch, small_parts_xla
 from keras_vit.models.batch_halves import run_traced_inference
 from keras_vit.models.frozen_kernels import KernelSnapshot
 
@@ -126,7 +126,13 @@ def decode_images(image_bytes, transform):
 
 
 def serving_function(
-    model, top_k=TOP_K, class_names=None, jit_compile=False, freeze_kernels=False, halves=False
+    model,
+    top_k=TOP_K,
+    class_names=None,
+    jit_compile=False,
+    freeze_kernels=False,
+    halves=False,
+    small_parts_jit=False,
 ):
     """pixels float32 `[N, H, W, 3]` in 0..255 -> the output dict (see the module doc).
 
@@ -137,7 +143,9 @@ def serving_function(
     (keras_vit/models/frozen_kernels.py); the kernels are those of the moment of tracing.
     `halves`: run the batch as two halves side by side, as `predict` does on TF's oneDNN
     CPU (keras_vit/models/batch_halves.py; with `jit_compile`, each half its own XLA
-    program)."""
+    program). `small_parts_jit`: parts of up to two images (a batch of one) each as an XLA
+    program, as `predict` does for float32 on a CPU's graph
+    (`keras_vit.models.base.small_parts_xla`)."""
     import tensorflow as tf
 
     from keras_vit.layers.preprocessing import normalize
@@ -151,7 +159,7 @@ def serving_function(
     whole = lambda x: model(x, training=False)  # noqa: E731
 
     def run_model(x):
-        return run_traced_inference(whole, x, snapshot, halves, jit_compile)
+        return run_traced_inference(whole, x, snapshot, halves, jit_compile, small_parts_jit)
 
     def forward(pixels):
         x = pixels
@@ -183,10 +191,13 @@ def bytes_function(
     jit_compile=False,
     freeze_kernels=False,
     halves=False,
+    small_parts_jit=False,
 ):
     """string `[N]` of encoded images -> the output dict: `serve_image_bytes`, and what
     `keras-vit predict` runs, so both give the same answer."""
-    forward = serving_function(model, top_k, class_names, jit_compile, freeze_kernels, halves)
+    forward = serving_function(
+        model, top_k, class_names, jit_compile, freeze_kernels, halves, small_parts_jit
+    )
     transform = eval_transform(model, transform)
 
     def serve(image_bytes):
@@ -229,8 +240,9 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K, transform=Non
     jit = bool(getattr(model, "predict_jit_compile", getattr(model, "jit_compile", False)))
     freeze = not jit and freezes_kernels(model)  # and its constant kernels, where it has them
     halves = halves_batch(model)  # and its parts side by side (XLA: a program each)
-    forward = serving_function(model, top_k, names, jit, freeze, halves)
-    serve_bytes = bytes_function(model, transform, top_k, names, jit, freeze, halves)
+    small = not jit and small_parts_xla(model)  # and small parts under XLA (float32, CPU)
+    forward = serving_function(model, top_k, names, jit, freeze, halves, small)
+    serve_bytes = bytes_function(model, transform, top_k, names, jit, freeze, halves, small)
 
     def serve_pixels(images):
         return forward(images)

@@ -12,7 +12,7 @@ import keras_vit
 from keras_vit.models.base import halves_batch
 from keras_vit.models.batch_halves import inference_parts, run_in_parts
 from tests.export_fixtures import assert_discriminative, randomize_keras_model
-from tests.helpers import require_onednn_graph, structured_pixels
+from tests.helpers import executed_ops, require_onednn_graph, structured_pixels
 
 MODELS = {
     "deit": ("deit_tiny_distilled_patch16_224", dict(depth=2, image_size=32, num_classes=10)),
@@ -97,6 +97,55 @@ def test_an_unknown_batch_chooses_at_run_time_each_branch_in_its_scope():
     # halves (two traces of `run`) and the whole batch inside the tf.cond, each branch
     # entering its own scope before it traces `run`
     assert calls == [None, None, None] and scopes == [0, 2]
+
+
+def _tagged_runs(calls):
+    """`run` and `run_small`: recording runs that note ("run" | "small", batch size)."""
+
+    def tagged(tag):
+        record = []
+        run = _recording_run(record)
+
+        def wrapped(t):
+            out = run(t)
+            calls.append((tag, record[-1]))
+            return out
+
+        return wrapped
+
+    return tagged("run"), tagged("small")
+
+
+@pytest.mark.parametrize(
+    "batch,parts,expected",
+    [
+        (8, 2, [("run", 4), ("run", 4)]),
+        (4, 2, [("small", 2), ("small", 2)]),
+        (5, 2, [("run", 3), ("small", 2)]),
+        (1, 2, [("small", 1)]),
+        (8, 4, [("small", 2)] * 4),
+    ],
+)
+def test_parts_of_up_to_two_images_take_the_small_run(batch, parts, expected):
+    calls, x = [], _rows(batch)
+    run, run_small = _tagged_runs(calls)
+    out = tf.function(lambda t: run_in_parts(run, t, parts, run_small=run_small))(x)
+    assert calls == expected
+    np.testing.assert_array_equal(out["scaled"], x.numpy() * 2.0)
+
+
+def test_an_unknown_batch_takes_the_small_run_for_a_batch_of_one_only():
+    calls = []
+    run, run_small = _tagged_runs(calls)
+    fn = tf.function(
+        lambda t: run_in_parts(run, t, run_small=run_small),
+        input_signature=[tf.TensorSpec((None, 3), tf.float32)],
+    )
+    for batch in (1, 4):
+        x = _rows(batch)
+        np.testing.assert_array_equal(fn(x)["sums"], x.numpy().sum(1))
+    # traced once: the halves branch's two parts of unknown size, the whole branch's one
+    assert calls == [("run", None), ("run", None), ("small", None)]
 
 
 def _pair(family, dtype):
@@ -197,6 +246,35 @@ def test_under_xla_each_half_is_its_own_program(case, monkeypatch):
     tol = 2e-3 if case == "int8" else 1e-5
     np.testing.assert_allclose(out, ref, rtol=0, atol=tol * np.abs(ref).max())
     assert_discriminative(ref)
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_float32_small_parts_run_as_xla_programs(family, tmp_path):
+    """Float32 on the graph: a batch of up to four (parts of one or two images) runs each
+    part as its own XLA program, a batch of eight its halves on the graph; the answers are
+    the graph's. bf16, and an explicit `jit_compile=False`, keep every part on the graph."""
+    model, _ = _pair(family, "float32")
+    size = MODELS[family][1]["image_size"]
+    x = structured_pixels(8, size, size, seed=2)
+    ref = tf.function(lambda t: model(t, training=False))(tf.constant(x)).numpy()  # graph
+    assert_discriminative(ref)
+    step = tf.function(model.predict_step)  # what predict and predict_on_batch trace
+    for batch, programs in ((8, 0), (4, 2), (1, 1)):
+        out = np.asarray(model.predict_on_batch(x[:batch]), np.float32)
+        np.testing.assert_allclose(out, ref[:batch], rtol=0, atol=1e-5 * np.abs(ref).max())
+        ops = executed_ops(step, tf.constant(x[:batch]), tmp_path / str(batch))
+        # each XLA program run shows as one PjRt ExecuteAsyncOnStream in the trace
+        assert ops.count("ExecuteAsyncOnStream") == programs, (batch, sorted(set(ops)))
+    assert model._predict_small_jit
+
+    bf16, _ = _pair(family, "bfloat16")
+    explicit, _ = _pair(family, "float32")
+    explicit.compile(jit_compile=False)
+    for other in (bf16, explicit):
+        other.predict_on_batch(x[:1])
+        assert not other._predict_small_jit
+        ops = executed_ops(tf.function(other.predict_step), tf.constant(x[:1]), tmp_path / "o")
+        assert "ExecuteAsyncOnStream" not in ops, sorted(set(ops))
 
 
 def test_a_model_of_another_backend_is_never_halved(monkeypatch):

@@ -81,6 +81,8 @@ class XLAByDefault:
     _predict_halves = False
     # whether each of those parts runs as its own XLA program (predict under XLA)
     _predict_part_jit = False
+    # whether parts of up to two images (batch_halves.SMALL_PART_IMAGES) run as XLA programs
+    _predict_small_jit = False
 
     def make_predict_function(self, force=False):
         if self.predict_function is not None and not force:
@@ -92,6 +94,7 @@ class XLAByDefault:
         # under XLA with parts: each part is an XLA program of its own (batch_halves.py), so
         # the function around them is a plain graph that runs them side by side
         self._predict_part_jit = predict_jit and self._predict_halves
+        self._predict_small_jit = not predict_jit and small_parts_xla(self)
         outer_jit = predict_jit and not self._predict_halves
         if outer_jit == jit:
             return super().make_predict_function(force)
@@ -103,7 +106,7 @@ class XLAByDefault:
 
     def predict_step(self, *args, **kwargs):  # TF and torch: (data); JAX: (state, data)
         snapshot = self._kernel_snapshot  # both only ever set on TensorFlow
-        if snapshot is None and not self._predict_halves:
+        if snapshot is None and not (self._predict_halves or self._predict_small_jit):
             return super().predict_step(*args, **kwargs)
         import tensorflow as tf
 
@@ -111,7 +114,12 @@ class XLAByDefault:
             return super().predict_step(*args, **kwargs)
         x, _, _ = keras.utils.unpack_x_y_sample_weight(args[0])
         return run_traced_inference(
-            super().predict_step, x, snapshot, self._predict_halves, self._predict_part_jit
+            super().predict_step,
+            x,
+            snapshot,
+            self._predict_halves,
+            self._predict_part_jit,
+            self._predict_small_jit,
         )
 
     def _drop_stale_predict_function(self):
@@ -124,7 +132,7 @@ class XLAByDefault:
     def _drop_predict_function(self):
         self.predict_function = None
         self._kernel_snapshot = None
-        self._predict_halves = self._predict_part_jit = False
+        self._predict_halves = self._predict_part_jit = self._predict_small_jit = False
 
     def _auto_jit_compile(self, function):
         """ "auto"'s choice for `function`: "fit" (training, evaluate) or "predict"."""
@@ -181,6 +189,22 @@ def halves_batch(model):
     from keras_vit.layers.trace_context import onednn_cpu
 
     return not _distributed(model) and onednn_cpu()
+
+
+def small_parts_xla(model):
+    """Whether TF-graph inference of `model` runs a small part (a batch or part of up to two
+    images) as an XLA program (keras_vit/models/batch_halves.py: `run_traced_inference`):
+    float32 inference that "auto" put on TensorFlow's graph on a CPU (`float32_cpu_graph`:
+    ViT, MobileViT), no tf.distribute strategy, a model XLA can compile. An explicit
+    `jit_compile=False` keeps every batch on the graph; bfloat16 stays on the graph (XLA on a
+    CPU runs it below its float32 speed)."""
+    if keras.backend.backend() != "tensorflow" or not getattr(model, "_jit_auto", False):
+        return False
+    if _distributed(model) or _has_accelerator() or _quantized(model):
+        return False
+    if model.dtype_policy.compute_dtype != "float32":
+        return False
+    return "predict" in getattr(model, "float32_cpu_graph", ()) and model_supports_jit(model)
 
 
 def _distributed(model):

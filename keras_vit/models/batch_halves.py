@@ -50,43 +50,71 @@ def thread_setting(pool):
     return getter() or int(os.environ.get(f"TF_NUM_{pool.upper()}OP_THREADS") or 0)
 
 
-def run_in_parts(run, x, parts=2, branch_scope=contextlib.nullcontext):
+# the most images a part (or a batch run whole) may hold to run as an XLA program where
+# `run_traced_inference` gets `small_jit` (measured: see there)
+SMALL_PART_IMAGES = 2
+
+
+def run_in_parts(run, x, parts=2, branch_scope=contextlib.nullcontext, run_small=None):
     """`run(x)` (a structure of `(N, ...)` tensors) computed as `run` of consecutive slices
     of `x` of `ceil(N / min(parts, N))` images each, concatenated along the batch. A batch
     of one runs whole (an empty slice does not run: TensorFlow's kernels reject empty
     batches). An unknown batch size (a relaxed trace, a SavedModel signature) runs as two
     halves or whole, chosen at run time with a `tf.cond` (one branch per part count would
-    copy the graph once per count); each branch is traced inside its own `branch_scope()`."""
+    copy the graph once per count); each branch is traced inside its own `branch_scope()`.
+    `run_small` (default `run`) runs what is known to be small: a part (or a known batch run
+    whole) of at most `SMALL_PART_IMAGES` images, and the unknown batch's whole branch (a batch
+    of one)."""
     import tensorflow as tf
+
+    run_small = run_small or run
 
     def concat(pieces):
         return tf.nest.map_structure(lambda *a: tf.concat(a, 0), *pieces)
+
+    def run_part(part):
+        return (run_small if part.shape[0] <= SMALL_PART_IMAGES else run)(part)
 
     batch = x.shape[0]
     if batch is not None:
         count = min(parts, batch)
         if count < 2:
-            return run(x)
+            return run_part(x)
         size = -(-batch // count)  # ceil: 8 in 3 parts is 3 + 3 + 2
-        return concat([run(x[i : i + size]) for i in range(0, batch, size)])
+        return concat([run_part(x[i : i + size]) for i in range(0, batch, size)])
 
     def halves():
         with branch_scope():
             h = (tf.shape(x)[0] + 1) // 2
             return concat([run(x[:h]), run(x[h:])])
 
-    def whole():
+    def whole():  # a batch of one (or none)
         with branch_scope():
-            return run(x)
+            return run_small(x)
 
     return tf.cond(tf.shape(x)[0] >= 2, halves, whole)
 
 
-def run_traced_inference(run, x, snapshot=None, halves=False, jit=False):
+def run_traced_inference(run, x, snapshot=None, halves=False, jit=False, small_jit=False):
     """`run(x)` as TF-graph inference traces it (`predict_step`, the SavedModel): under
     `snapshot`'s frozen kernels (a `KernelSnapshot`, frozen_kernels.py) where one is given,
     in side-by-side parts (`inference_parts()`) where `halves`, `run` compiled with XLA
-    where `jit` (each part its own XLA program).
+    where `jit` (each part its own XLA program), and where `small_jit` a small part (at most
+    `SMALL_PART_IMAGES` images; a batch of one) compiled with XLA while larger parts stay on
+    the graph (`keras_vit.models.base.small_parts_xla`: float32 on a CPU).
+
+    Small parts under XLA: a part of an image or two is a chain of small ops, and on
+    TensorFlow's graph each oneDNN op hands its little work to the intra-op pool and waits
+    for it; XLA's program fuses the elementwise ops between the matmuls and runs without the
+    executor's per-op dispatch. Measured (2-core AMD EPYC, float32, `predict_on_batch`,
+    in-process A/B, graph vs XLA img/s), batch 1: MobileViT-XXS 66.2 vs 96.0, v2 0.5 80.8 vs
+    111.5, -XS 54.8 vs 63.9, -S 31.0 vs 33.4, v2 1.0 48.2 vs 54.3, DeiT-Ti 49.7 vs 79.0,
+    DeiT-S 24.4 vs 27.8; batch 2 (parts of one): XXS 99.3 vs 151.7, -S 48.0 vs 56.7, DeiT-Ti
+    75.1 vs 113.9; batch 4 (parts of two): XXS 150.0 vs 172.9, v2 0.5 142.0 vs 167.9, DeiT-Ti
+    103.4 vs 124.2, DeiT-S 39.6 vs 41.1, -S 59.0 vs 56.8. At four images a part the graph is as
+    fast or faster (batch 8: -XS 98.7 vs 82.2, -S 63.9 vs 58.4; XXS and v2 0.5 within the
+    run-to-run spread), at 16 clearly (XXS 211.1 vs 182.1). An unknown batch (the SavedModel)
+    runs only a batch of one under XLA: its `tf.cond` has no branch for two to four images.
 
     XLA in parts: one XLA program runs its ops one after another (each on the intra-op
     pool), so the parts of one program do not overlap; as separate programs (`XlaLaunch`
@@ -103,13 +131,17 @@ def run_traced_inference(run, x, snapshot=None, halves=False, jit=False):
     whole-batch fallback ran on one core; outputs bit-equal to `predict_on_batch` either
     way). What it costs: the SavedModel holds the frozen kernels once per branch (DeiT-S
     bf16: 136 MB -> 226 MB)."""
-    if jit:  # no frozen kernels under XLA: `snapshot` is None
-        import tensorflow as tf
+    import tensorflow as tf
 
+    if jit:  # no frozen kernels under XLA: `snapshot` is None
         run = tf.function(run, jit_compile=True)
+    run_small = tf.function(run, jit_compile=True) if small_jit and not jit else run
     if snapshot is not None and halves and x.shape[0] is None:
-        return run_in_parts(run, x, inference_parts(), branch_scope=snapshot.frozen)
+        return run_in_parts(
+            run, x, inference_parts(), branch_scope=snapshot.frozen, run_small=run_small
+        )
     with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
         if not halves:
-            return run(x)
-        return run_in_parts(run, x, inference_parts())
+            small = x.shape[0] is not None and x.shape[0] <= SMALL_PART_IMAGES
+            return (run_small if small else run)(x)
+        return run_in_parts(run, x, inference_parts(), run_small=run_small)
