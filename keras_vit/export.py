@@ -28,7 +28,7 @@ TensorFlow is imported inside the functions, so `import keras_vit` stays backend
 import os
 import tempfile
 
-from keras_vit.models.base import freezes_kernels, halves_batch, small_parts_xla
+from keras_vit.models.base import inference_path
 from keras_vit.models.batch_halves import run_traced_inference
 from keras_vit.models.frozen_kernels import KernelSnapshot
 
@@ -188,16 +188,12 @@ def bytes_function(
     transform=None,
     top_k=TOP_K,
     class_names=None,
-    jit_compile=False,
-    freeze_kernels=False,
-    halves=False,
-    small_parts_jit=False,
+    **inference,
 ):
     """string `[N]` of encoded images -> the output dict: `serve_image_bytes`, and what
-    `keras-vit predict` runs, so both give the same answer."""
-    forward = serving_function(
-        model, top_k, class_names, jit_compile, freeze_kernels, halves, small_parts_jit
-    )
+    `keras-vit predict` runs, so both give the same answer. `inference`: `serving_function`'s
+    compile-path keywords (`jit_compile`, `freeze_kernels`, `halves`, `small_parts_jit`)."""
+    forward = serving_function(model, top_k, class_names, **inference)
     transform = eval_transform(model, transform)
 
     def serve(image_bytes):
@@ -237,12 +233,9 @@ def export_saved_model(model, path, class_names=None, top_k=TOP_K, transform=Non
     names = resolve_class_names(model, class_names)
     # the compile path `predict` takes (keras_vit/models/base.py: XLA or TensorFlow's oneDNN
     # graph by family, dtype and device), so the export serves at its speed
-    jit = bool(getattr(model, "predict_jit_compile", getattr(model, "jit_compile", False)))
-    freeze = not jit and freezes_kernels(model)  # and its constant kernels, where it has them
-    halves = halves_batch(model)  # and its parts side by side (XLA: a program each)
-    small = not jit and small_parts_xla(model)  # and small parts under XLA (float32, CPU)
-    forward = serving_function(model, top_k, names, jit, freeze, halves, small)
-    serve_bytes = bytes_function(model, transform, top_k, names, jit, freeze, halves, small)
+    inference = inference_path(model)._asdict()
+    forward = serving_function(model, top_k, names, **inference)
+    serve_bytes = bytes_function(model, transform, top_k, names, **inference)
 
     def serve_pixels(images):
         return forward(images)

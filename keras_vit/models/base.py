@@ -3,6 +3,8 @@ and dtype, the training contract (weight-decay exclusions, block index of every 
 classifier heads) that optimisers, recipes and the distiller ask instead of matching
 variable names."""
 
+from typing import NamedTuple
+
 import keras
 
 from keras_vit._keras_compat import flatten_layers, model_supports_jit
@@ -87,14 +89,14 @@ class XLAByDefault:
     def make_predict_function(self, force=False):
         if self.predict_function is not None and not force:
             return self.predict_function  # Keras asks on every predict call: no re-deciding
-        jit, predict_jit = self.jit_compile, self.predict_jit_compile
-        freeze = not predict_jit and freezes_kernels(self)
-        self._kernel_snapshot = KernelSnapshot(self) if freeze else None
-        self._predict_halves = halves_batch(self)
+        jit, path = self.jit_compile, inference_path(self)
+        predict_jit = path.jit_compile
+        self._kernel_snapshot = KernelSnapshot(self) if path.freeze_kernels else None
+        self._predict_halves = path.halves
         # under XLA with parts: each part is an XLA program of its own (batch_halves.py), so
         # the function around them is a plain graph that runs them side by side
         self._predict_part_jit = predict_jit and self._predict_halves
-        self._predict_small_jit = not predict_jit and small_parts_xla(self)
+        self._predict_small_jit = path.small_parts_jit
         outer_jit = predict_jit and not self._predict_halves
         if outer_jit == jit:
             return super().make_predict_function(force)
@@ -141,15 +143,24 @@ class XLAByDefault:
             return model_supports_jit(self)
         if backend == "tensorflow":
             if not _distributed(self):
-                if not _has_accelerator():
-                    compute = self.dtype_policy.compute_dtype
-                    if compute == "bfloat16":
-                        return False
-                    float32_graph = function in self.float32_cpu_graph
-                    if compute == "float32" and float32_graph and not _quantized(self):
-                        return False
+                bf16 = self.dtype_policy.compute_dtype == "bfloat16"
+                if (bf16 and not _has_accelerator()) or self._float32_cpu_graph(function):
+                    return False
                 return model_supports_jit(self)
         return super()._resolve_auto_jit_compile()
+
+    def _float32_cpu_graph(self, function):
+        """Whether "auto" runs `function` on TensorFlow's graph as a float32 model on a CPU
+        (`float32_cpu_graph`): TensorFlow, no tf.distribute strategy, no GPU or TPU, a float32
+        compute dtype, not int8-quantized."""
+        return (
+            keras.backend.backend() == "tensorflow"
+            and function in self.float32_cpu_graph
+            and self.dtype_policy.compute_dtype == "float32"
+            and not _quantized(self)
+            and not _distributed(self)
+            and not _has_accelerator()
+        )
 
     def _reresolve_auto_jit_compile(self):
         """After `quantize` of an uncompiled model: "auto" chooses again for the new dtype
@@ -198,13 +209,31 @@ def small_parts_xla(model):
     ViT, MobileViT), no tf.distribute strategy, a model XLA can compile. An explicit
     `jit_compile=False` keeps every batch on the graph; bfloat16 stays on the graph (XLA on a
     CPU runs it below its float32 speed)."""
-    if keras.backend.backend() != "tensorflow" or not getattr(model, "_jit_auto", False):
+    if not (isinstance(model, XLAByDefault) and model._jit_auto):
         return False
-    if _distributed(model) or _has_accelerator() or _quantized(model):
-        return False
-    if model.dtype_policy.compute_dtype != "float32":
-        return False
-    return "predict" in getattr(model, "float32_cpu_graph", ()) and model_supports_jit(model)
+    return model._float32_cpu_graph("predict") and model_supports_jit(model)
+
+
+class InferencePath(NamedTuple):
+    """How TF-graph inference of a model runs (`serving_function`'s keywords, keras_vit/
+    export.py): `predict` and `export_saved_model` both take it from `inference_path`."""
+
+    jit_compile: bool  # the model under XLA (float32 and int8 where "auto" chose XLA)
+    freeze_kernels: bool  # matmul kernels as graph constants (frozen_kernels.py)
+    halves: bool  # the batch in side-by-side parts (batch_halves.py)
+    small_parts_jit: bool  # on the graph, parts of up to two images as XLA programs
+
+
+def inference_path(model):
+    """The `InferencePath` of `model` (any Keras model: one without keras_vit's compile
+    choice gets its `jit_compile`)."""
+    jit = bool(getattr(model, "predict_jit_compile", getattr(model, "jit_compile", False)))
+    return InferencePath(
+        jit_compile=jit,
+        freeze_kernels=not jit and freezes_kernels(model),
+        halves=halves_batch(model),
+        small_parts_jit=not jit and small_parts_xla(model),
+    )
 
 
 def _distributed(model):

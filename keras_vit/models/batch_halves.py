@@ -55,6 +55,12 @@ def thread_setting(pool):
 SMALL_PART_IMAGES = 2
 
 
+def _sized_run(part, run, run_small):
+    """`run_small` for a part known to hold at most `SMALL_PART_IMAGES` images, else `run`."""
+    small = part.shape[0] is not None and part.shape[0] <= SMALL_PART_IMAGES
+    return run_small if small else run
+
+
 def run_in_parts(run, x, parts=2, branch_scope=contextlib.nullcontext, run_small=None):
     """`run(x)` (a structure of `(N, ...)` tensors) computed as `run` of consecutive slices
     of `x` of `ceil(N / min(parts, N))` images each, concatenated along the batch. A batch
@@ -73,7 +79,7 @@ def run_in_parts(run, x, parts=2, branch_scope=contextlib.nullcontext, run_small
         return tf.nest.map_structure(lambda *a: tf.concat(a, 0), *pieces)
 
     def run_part(part):
-        return (run_small if part.shape[0] <= SMALL_PART_IMAGES else run)(part)
+        return _sized_run(part, run, run_small)(part)
 
     batch = x.shape[0]
     if batch is not None:
@@ -142,6 +148,5 @@ def run_traced_inference(run, x, snapshot=None, halves=False, jit=False, small_j
         )
     with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
         if not halves:
-            small = x.shape[0] is not None and x.shape[0] <= SMALL_PART_IMAGES
-            return (run_small if small else run)(x)
+            return _sized_run(x, run, run_small)(x)
         return run_in_parts(run, x, inference_parts(), run_small=run_small)
