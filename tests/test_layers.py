@@ -85,19 +85,26 @@ def _attention_reference(attn, x):
     return out.transpose(0, 2, 1, 3).reshape(b, n, d) @ w[2] + w[3]
 
 
+# (dim, heads, tokens): short sequences, and long ones of narrow heads, which TF's oneDNN
+# graph runs head by head (tf_attention.heads_one_at_a_time)
+ATTENTION_SHAPES = [(48, 4, 11), (32, 4, 128)]
+
+
+@pytest.mark.parametrize("dim, heads, tokens", ATTENTION_SHAPES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_attention_paths_match_timm_formula(dtype):
-    """Eager, TF's graph (one qkv transpose; bf16 softmax read directly by oneDNN) and XLA
-    all compute timm's attention; bf16 within its rounding (8 bits)."""
-    attn = layers.MultiHeadSelfAttention(48, 4, dtype=dtype)
-    attn.build((None, 11, 48))
+def test_attention_paths_match_timm_formula(dtype, dim, heads, tokens):
+    """Eager, TF's graph (one qkv transpose; bf16 softmax read directly by oneDNN; long
+    sequences head by head) and XLA all compute timm's attention; bf16 within its rounding
+    (8 bits)."""
+    attn = layers.MultiHeadSelfAttention(dim, heads, dtype=dtype)
+    attn.build((None, tokens, dim))
     rng = np.random.default_rng(3)
     for v in attn.weights:  # every weight random: a swapped q/k/v or head order shows
         v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
-    x = rng.normal(0, 1, (2, 11, 48)).astype(np.float32)
+    x = rng.normal(0, 1, (2, tokens, dim)).astype(np.float32)
     x_in = keras.ops.cast(x, dtype)
     ref = _attention_reference(attn, np.asarray(keras.ops.cast(x_in, "float32"), np.float64))
-    residual = keras.ops.cast(rng.normal(0, 1, (2, 11, 48)).astype(np.float32), dtype)
+    residual = keras.ops.cast(rng.normal(0, 1, (2, tokens, dim)).astype(np.float32), dtype)
     runs = {"eager": lambda: attn(x_in)}
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -114,6 +121,33 @@ def test_attention_paths_match_timm_formula(dtype):
             err = np.abs(out - ref).max() / np.abs(ref).max()
             corr = np.corrcoef(out.ravel(), ref.ravel())[0, 1]
             assert err < 0.03 and corr > 0.9995, (name, err, corr)
+
+
+def test_heads_one_at_a_time_rule():
+    """Head by head where the logits dwarf q, k and v: MobileViT's 256-token stage with
+    head_dim 16 (XXS) or 24 (XS); not MobileViT-S (36), ViT/DeiT (197 tokens, 64), short
+    or unknown sequences."""
+    from keras_vit.layers.tf_attention import heads_one_at_a_time
+
+    taken = [(256, 16), (256, 24), (128, 16), (1024, 64)]
+    not_taken = [(256, 36), (197, 64), (577, 96), (64, 4), (127, 8), (None, 16)]
+    assert all(heads_one_at_a_time(n, hd) for n, hd in taken)
+    assert not any(heads_one_at_a_time(n, hd) for n, hd in not_taken)
+
+
+@pytest.mark.parametrize("dim, heads, tokens", ATTENTION_SHAPES)
+def test_long_sequences_attend_head_by_head_on_tf_graph(dim, heads, tokens, tmp_path):
+    """On TF's oneDNN graph a long sequence of narrow heads runs two matmuls per head over
+    `(B, N, N)` logits; a short one two batched over all heads."""
+    require_onednn_graph()
+    import tensorflow as tf
+
+    attn = layers.MultiHeadSelfAttention(dim, heads)
+    x = np.random.default_rng(5).normal(0, 1, (2, tokens, dim)).astype(np.float32)
+    ops = executed_ops(tf.function(lambda t: attn(t)), x, tmp_path)
+    per_head = tokens >= 128
+    assert ops.count("_MklBatchMatMulV2") == (2 * heads if per_head else 2), sorted(ops)
+    assert ops.count("_MklSoftmax") == (heads if per_head else 1), sorted(ops)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
