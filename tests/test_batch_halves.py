@@ -251,15 +251,18 @@ def test_under_xla_each_half_is_its_own_program(case, monkeypatch):
 @pytest.mark.parametrize("family", list(MODELS))
 def test_float32_small_parts_run_as_xla_programs(family, tmp_path):
     """Float32 on the graph: a batch of up to four (parts of one or two images) runs each
-    part as its own XLA program, a batch of eight its halves on the graph; the answers are
-    the graph's. bf16, and an explicit `jit_compile=False`, keep every part on the graph."""
+    part as its own XLA program, a batch of eight its halves on the graph, each half's
+    layers from `xla_tail_from` on (MobileViT) as an XLA program; the answers are the
+    graph's. bf16, and an explicit `jit_compile=False`, keep every part on the graph."""
     model, _ = _pair(family, "float32")
+    assert (model.xla_tail_from is not None) == (family == "mobilevit")
     size = MODELS[family][1]["image_size"]
     x = structured_pixels(8, size, size, seed=2)
     ref = tf.function(lambda t: model(t, training=False))(tf.constant(x)).numpy()  # graph
     assert_discriminative(ref)
     step = tf.function(model.predict_step)  # what predict and predict_on_batch trace
-    for batch, programs in ((8, 0), (4, 2), (1, 1)):
+    tails = 2 if model.xla_tail_from else 0  # one per half
+    for batch, programs in ((8, tails), (4, 2), (1, 1)):
         out = np.asarray(model.predict_on_batch(x[:batch]), np.float32)
         np.testing.assert_allclose(out, ref[:batch], rtol=0, atol=1e-5 * np.abs(ref).max())
         ops = executed_ops(step, tf.constant(x[:batch]), tmp_path / str(batch))
@@ -273,8 +276,10 @@ def test_float32_small_parts_run_as_xla_programs(family, tmp_path):
     for other in (bf16, explicit):
         other.predict_on_batch(x[:1])
         assert not other._predict_small_jit
-        ops = executed_ops(tf.function(other.predict_step), tf.constant(x[:1]), tmp_path / "o")
-        assert "ExecuteAsyncOnStream" not in ops, sorted(set(ops))
+        for batch in (1, 8):
+            step = tf.function(other.predict_step)
+            ops = executed_ops(step, tf.constant(x[:batch]), tmp_path / f"o{batch}")
+            assert "ExecuteAsyncOnStream" not in ops, (batch, sorted(set(ops)))
 
 
 def test_a_model_of_another_backend_is_never_halved(monkeypatch):

@@ -32,6 +32,23 @@ def tracing_standard_ops():
     return getattr(_STATE, "standard", False)
 
 
+@contextlib.contextmanager
+def xla_tail():
+    """Trace a model's `xla_tail_from` layers on as an XLA program of their own where it
+    runs on oneDNN's graph (keras_vit/models/base.py: `KerasViTModel.call`)."""
+    previous = getattr(_STATE, "xla_tail", False)
+    _STATE.xla_tail = True
+    try:
+        yield
+    finally:
+        _STATE.xla_tail = previous
+
+
+def tracing_xla_tail():
+    """True inside `xla_tail()`."""
+    return getattr(_STATE, "xla_tail", False)
+
+
 def compiling_with_xla():
     """True while tracing for XLA: always on JAX; on TF, inside a `jit_compile=True` function."""
     backend = keras.backend.backend()

@@ -44,6 +44,10 @@ class XLAByDefault:
     """
 
     float32_cpu_graph = ()  # "predict", "fit": float32 on a TF CPU on TF's graph, not XLA
+    # The layer from which on float32 inference on TF's graph (where "auto" chose the graph)
+    # runs as an XLA program of its own, for a family measured faster so (MobileViT):
+    # `KerasViTModel.call`. None: the whole model on the graph.
+    xla_tail_from = None
 
     _jit_auto = True  # `jit_compile` is "auto"'s choice (uncompiled, or compiled with "auto")
 
@@ -289,7 +293,38 @@ class KerasViTModel(XLAByDefault, keras.Model):
     # with a relaxed (unknown) shape where nothing can be checked any more.
     def call(self, inputs, training=None, mask=None, **kwargs):
         self.check_input_shape(inputs)
+        if not training and self._runs_xla_tail():
+            early, tail = self._xla_tail_parts()
+            return tail(early(inputs, training=False))
         return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def _runs_xla_tail(self):
+        """Whether this call, traced for TF-graph inference that runs small parts under XLA
+        (`trace_context.xla_tail()`, set by `run_traced_inference`: float32 on a CPU where
+        "auto" chose the graph), runs the layers from `xla_tail_from` on as an XLA program:
+        on oneDNN's graph (not inside XLA already), a model of one output."""
+        from keras_vit.layers.trace_context import onednn_graph, tracing_xla_tail
+
+        return (
+            self.xla_tail_from is not None
+            and tracing_xla_tail()
+            and onednn_graph()
+            and len(self.outputs) == 1
+        )
+
+    def _xla_tail_parts(self):
+        """(the model up to `xla_tail_from`, a function running the rest as an XLA program):
+        two functional views over the same layers, made once."""
+        parts = getattr(self, "_xla_tail", None)
+        if parts is None:
+            import tensorflow as tf
+
+            cut = self.get_layer(self.xla_tail_from).input
+            early = keras.Model(self.inputs, cut, name=f"{self.name}_early")
+            tail = keras.Model(cut, self.outputs, name=f"{self.name}_tail")
+            run_tail = tf.function(lambda t: tail(t, training=False), jit_compile=True)
+            parts = self._xla_tail = Views(early=early, run_tail=run_tail)
+        return parts.early, parts.run_tail
 
     def predict(self, x, *args, **kwargs):
         self.check_input_shape(x)

@@ -107,7 +107,9 @@ def run_traced_inference(run, x, snapshot=None, halves=False, jit=False, small_j
     in side-by-side parts (`inference_parts()`) where `halves`, `run` compiled with XLA
     where `jit` (each part its own XLA program), and where `small_jit` a small part (at most
     `SMALL_PART_IMAGES` images; a batch of one) compiled with XLA while larger parts stay on
-    the graph (`keras_vit.models.base.small_parts_xla`: float32 on a CPU).
+    the graph (`keras_vit.models.base.small_parts_xla`: float32 on a CPU), all but a model's
+    `xla_tail_from` layers on, which run as an XLA program of their own
+    (`keras_vit.models.base.XLAByDefault.xla_tail_from`).
 
     Small parts under XLA: a part of an image or two is a chain of small ops, and on
     TensorFlow's graph each oneDNN op hands its little work to the intra-op pool and waits
@@ -139,14 +141,19 @@ def run_traced_inference(run, x, snapshot=None, halves=False, jit=False, small_j
     bf16: 136 MB -> 226 MB)."""
     import tensorflow as tf
 
+    from keras_vit.layers.trace_context import xla_tail
+
     if jit:  # no frozen kernels under XLA: `snapshot` is None
         run = tf.function(run, jit_compile=True)
     run_small = tf.function(run, jit_compile=True) if small_jit and not jit else run
-    if snapshot is not None and halves and x.shape[0] is None:
-        return run_in_parts(
-            run, x, inference_parts(), branch_scope=snapshot.frozen, run_small=run_small
-        )
-    with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
-        if not halves:
-            return _sized_run(x, run, run_small)(x)
-        return run_in_parts(run, x, inference_parts(), run_small=run_small)
+    # where small parts run under XLA, a larger part on the graph runs the model's
+    # `xla_tail_from` layers on as an XLA program (models/base.py: `KerasViTModel.call`)
+    with xla_tail() if small_jit and not jit else contextlib.nullcontext():
+        if snapshot is not None and halves and x.shape[0] is None:
+            return run_in_parts(
+                run, x, inference_parts(), branch_scope=snapshot.frozen, run_small=run_small
+            )
+        with contextlib.nullcontext() if snapshot is None else snapshot.frozen():
+            if not halves:
+                return _sized_run(x, run, run_small)(x)
+            return run_in_parts(run, x, inference_parts(), run_small=run_small)

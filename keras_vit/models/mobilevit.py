@@ -225,6 +225,15 @@ class MobileViT(MobileViTBase):
         se_ratio: Squeeze-and-Excitation in every inverted residual (None: off, as MobileViT).
     """
 
+    # Float32 inference on TF's graph runs the stride-16 MobileViT block on as one XLA
+    # program (`xla_tail_from`, models/base.py): there the maps are small (16x16, 8x8) and
+    # the graph's time goes to its many small ops, which XLA fuses, while the stride-8 block
+    # (256-token attention, head by head on the graph) and the convolutions before it run
+    # faster on oneDNN's graph. In-process A/B, AMD EPYC (avx512_bf16, no AMX, 2 cores),
+    # batch 8, float32, halves, img/s, graph vs this tail (vs a tail from `stages_3_0`):
+    # XXS 108.1 vs 117.6 (117.8), S 32.0 vs 33.8 (33.2); logits within 3e-7.
+    xla_tail_from = "stages_3_1"
+
     CONFIG_KEYS = (
         "image_size", "stem_channels", "channels", "depths", "strides", "transformer_dims",
         "transformer_depths", "expansion", "num_features", "patch_size", "num_heads",

@@ -57,6 +57,16 @@ class MobileViTV2(MobileViTBase):
         mlp_ratio: hidden width of the transformer MLPs, relative to their width.
     """
 
+    # Float32 inference on TF's graph runs the first MobileViT v2 block (stride 8) on as
+    # one XLA program (`xla_tail_from`, models/base.py): its GroupNorms, separable linear
+    # attention and 1x1 convs are many small ops on the graph, which XLA fuses, while the
+    # stride-2/4 inverted residuals (large maps, grouped depthwise convs that XLA runs
+    # slowly) stay on oneDNN's graph. In-process A/B, AMD EPYC (avx512_bf16, no AMX, 2
+    # cores), batch 8, float32, halves, img/s, graph vs this tail (vs a tail from
+    # `stages_3_1`): v2 0.5 80.4 vs 99.8 (86.0), v2 1.0 35.0 vs 37.8 (35.4); logits within
+    # 3e-6.
+    xla_tail_from = "stages_2_1"
+
     CONFIG_KEYS = (
         "image_size", "stem_channels", "channels", "depths", "strides", "transformer_dims",
         "transformer_depths", "expansion", "patch_size", "mlp_ratio", "num_classes",
