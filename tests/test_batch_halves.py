@@ -286,3 +286,17 @@ def test_a_model_of_another_backend_is_never_halved(monkeypatch):
     model = keras.Sequential([keras.layers.Dense(2)])
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     assert not halves_batch(model)
+
+
+def test_xla_tail_needs_its_layer(tmp_path):
+    """A model without the layer `xla_tail_from` names (a custom MobileViT v2 with no block at
+    stride 8) runs its batch of eight wholly on the graph, with the graph's answer."""
+    model, _ = _pair("mobilevit", "float32")
+    model.xla_tail_from = "no_such_layer"
+    size = MODELS["mobilevit"][1]["image_size"]
+    x = structured_pixels(8, size, size, seed=2)
+    ref = tf.function(lambda t: model(t, training=False))(tf.constant(x)).numpy()
+    out = np.asarray(model.predict_on_batch(x), np.float32)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    ops = executed_ops(tf.function(model.predict_step), tf.constant(x), tmp_path)
+    assert "ExecuteAsyncOnStream" not in ops, sorted(set(ops))

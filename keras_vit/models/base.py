@@ -302,7 +302,8 @@ class KerasViTModel(XLAByDefault, keras.Model):
         """Whether this call, traced for TF-graph inference that runs small parts under XLA
         (`trace_context.xla_tail()`, set by `run_traced_inference`: float32 on a CPU where
         "auto" chose the graph), runs the layers from `xla_tail_from` on as an XLA program:
-        on oneDNN's graph (not inside XLA already), a model of one output."""
+        on oneDNN's graph (not inside XLA already), a model of one output that has the
+        layer (a custom MobileViT v2 may have no block at stride 8)."""
         from keras_vit.layers.trace_context import onednn_graph, tracing_xla_tail
 
         return (
@@ -310,6 +311,7 @@ class KerasViTModel(XLAByDefault, keras.Model):
             and tracing_xla_tail()
             and onednn_graph()
             and len(self.outputs) == 1
+            and any(layer.name == self.xla_tail_from for layer in self.layers)
         )
 
     def _xla_tail_parts(self):
