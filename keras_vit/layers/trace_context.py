@@ -17,14 +17,19 @@ _STATE = threading.local()
 
 
 @contextlib.contextmanager
-def standard_ops():
-    """Trace with Keras's own ops only (no backend-specific fused forms): for converters."""
-    previous = getattr(_STATE, "standard", False)
-    _STATE.standard = True
+def _tracing(flag):
+    """Set this thread's `flag` while the block traces (nested uses restore it)."""
+    previous = getattr(_STATE, flag, False)
+    setattr(_STATE, flag, True)
     try:
         yield
     finally:
-        _STATE.standard = previous
+        setattr(_STATE, flag, previous)
+
+
+def standard_ops():
+    """Trace with Keras's own ops only (no backend-specific fused forms): for converters."""
+    return _tracing("standard")
 
 
 def tracing_standard_ops():
@@ -32,16 +37,10 @@ def tracing_standard_ops():
     return getattr(_STATE, "standard", False)
 
 
-@contextlib.contextmanager
 def xla_tail():
     """Trace a model's `xla_tail_from` layers on as an XLA program of their own where it
     runs on oneDNN's graph (keras_vit/models/base.py: `KerasViTModel.call`)."""
-    previous = getattr(_STATE, "xla_tail", False)
-    _STATE.xla_tail = True
-    try:
-        yield
-    finally:
-        _STATE.xla_tail = previous
+    return _tracing("xla_tail")
 
 
 def tracing_xla_tail():
