@@ -263,11 +263,7 @@ def test_float32_small_parts_run_as_xla_programs(family, tmp_path):
     step = tf.function(model.predict_step)  # what predict and predict_on_batch trace
     tails = 2 if model.xla_tail_from else 0  # one per half
     for batch, programs in ((8, tails), (4, 2), (1, 1)):
-        out = np.asarray(model.predict_on_batch(x[:batch]), np.float32)
-        np.testing.assert_allclose(out, ref[:batch], rtol=0, atol=1e-5 * np.abs(ref).max())
-        ops = executed_ops(step, tf.constant(x[:batch]), tmp_path / str(batch))
-        # each XLA program run shows as one PjRt ExecuteAsyncOnStream in the trace
-        assert ops.count("ExecuteAsyncOnStream") == programs, (batch, sorted(set(ops)))
+        _assert_graph_answer_in_programs(model, step, x[:batch], ref, programs, tmp_path)
     assert model._predict_small_jit
 
     bf16, _ = _pair(family, "bfloat16")
@@ -280,6 +276,16 @@ def test_float32_small_parts_run_as_xla_programs(family, tmp_path):
             step = tf.function(other.predict_step)
             ops = executed_ops(step, tf.constant(x[:batch]), tmp_path / f"o{batch}")
             assert "ExecuteAsyncOnStream" not in ops, (batch, sorted(set(ops)))
+
+
+def _assert_graph_answer_in_programs(model, step, x, ref, programs, logdir):
+    """`predict_on_batch(x)` gives the graph's answer `ref` (for the first len(x) images), and
+    one call of `step` (its traced predict_step) runs `programs` XLA programs."""
+    out = np.asarray(model.predict_on_batch(x), np.float32)
+    np.testing.assert_allclose(out, ref[: len(x)], rtol=0, atol=1e-5 * np.abs(ref).max())
+    ops = executed_ops(step, tf.constant(x), logdir / str(len(x)))
+    # each XLA program run shows as one PjRt ExecuteAsyncOnStream in the trace
+    assert ops.count("ExecuteAsyncOnStream") == programs, (len(x), sorted(set(ops)))
 
 
 def test_a_model_of_another_backend_is_never_halved(monkeypatch):
@@ -296,7 +302,5 @@ def test_xla_tail_needs_its_layer(tmp_path):
     size = MODELS["mobilevit"][1]["image_size"]
     x = structured_pixels(8, size, size, seed=2)
     ref = tf.function(lambda t: model(t, training=False))(tf.constant(x)).numpy()
-    out = np.asarray(model.predict_on_batch(x), np.float32)
-    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
-    ops = executed_ops(tf.function(model.predict_step), tf.constant(x), tmp_path)
-    assert "ExecuteAsyncOnStream" not in ops, sorted(set(ops))
+    step = tf.function(model.predict_step)
+    _assert_graph_answer_in_programs(model, step, x, ref, 0, tmp_path)

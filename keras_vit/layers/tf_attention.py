@@ -57,21 +57,21 @@ def _attend_head_by_head(qkv, scale):
     `(B, N, hd)` are stacked on axis 2, which lays them out as the output (no transpose)."""
     qkv = tf.transpose(qkv, (2, 3, 0, 1, 4))  # (3, heads, B, N, hd)
     q, k, v = qkv[0], qkv[1], qkv[2]  # each (heads, B, N, hd)
-    outputs = []
-    for h in range(qkv.shape[1]):
-        q_h = q[h] if scale == 1.0 else q[h] * tf.cast(scale, q.dtype)
-        logits = tf.matmul(q_h, k[h], transpose_b=True)  # (B, N, N)
-        outputs.append(tf.matmul(tf.cast(_softmax(logits), v.dtype), v[h]))  # (B, N, hd)
+    outputs = [_attend(q[h], k[h], v[h], scale) for h in range(qkv.shape[1])]  # (B, N, hd)
     return tf.stack(outputs, axis=2)  # (B, N, heads, hd)
 
 
 def _attend_heads(q, k, v, scale):
     """q, k, v `(B, heads, N, hd)` -> `(B, N, heads, hd)`."""
+    return tf.transpose(_attend(q, k, v, scale), (0, 2, 1, 3))
+
+
+def _attend(q, k, v, scale):
+    """softmax(q k^T) v over the last two axes: q, k, v `(..., N, hd)` -> `(..., N, hd)`."""
     if scale != 1.0:  # 1.0: already folded into the qkv projection (attention.py)
         q = q * tf.cast(scale, q.dtype)
-    logits = tf.matmul(q, k, transpose_b=True)  # (B, heads, N, N)
-    probs = tf.cast(_softmax(logits), v.dtype)
-    return tf.transpose(tf.matmul(probs, v), (0, 2, 1, 3))  # (B, N, heads, hd)
+    logits = tf.matmul(q, k, transpose_b=True)  # (..., N, N)
+    return tf.matmul(tf.cast(_softmax(logits), v.dtype), v)
 
 
 def _softmax(logits):

@@ -316,16 +316,17 @@ class KerasViTModel(XLAByDefault, keras.Model):
 
     def _xla_tail_parts(self):
         """(the model up to `xla_tail_from`, a function running the rest as an XLA program):
-        two functional views over the same layers, made once."""
+        two functional views over the same layers, made once per `xla_tail_from`."""
         parts = getattr(self, "_xla_tail", None)
-        if parts is None:
+        if parts is None or parts.cut_at != self.xla_tail_from:
             import tensorflow as tf
 
             cut = self.get_layer(self.xla_tail_from).input
             early = keras.Model(self.inputs, cut, name=f"{self.name}_early")
             tail = keras.Model(cut, self.outputs, name=f"{self.name}_tail")
             run_tail = tf.function(lambda t: tail(t, training=False), jit_compile=True)
-            parts = self._xla_tail = Views(early=early, run_tail=run_tail)
+            parts = Views(cut_at=self.xla_tail_from, early=early, run_tail=run_tail)
+            self._xla_tail = parts
         return parts.early, parts.run_tail
 
     def predict(self, x, *args, **kwargs):
