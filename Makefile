@@ -20,9 +20,10 @@ lint: $(STAMP)
 
 # The CI suite: every registered name at test size, parity against live timm. It fails, saying
 # why, when timm / torch / transformers are missing or a parity test skips (tests/conftest.py);
-# the opt-out for partial local runs is removed here.
+# the opt-out for partial local runs is removed here. Two lanes of pytest processes side by
+# side (tests/run_lanes.py says why); `$(PY) -m pytest` runs the same tests in one process.
 test: lint
-	env -u KERAS_VIT_ALLOW_MISSING_REFERENCES $(PY) -m pytest -q
+	env -u KERAS_VIT_ALLOW_MISSING_REFERENCES $(PY) tests/run_lanes.py
 
 # Full-size parity for every variant of every family (tens of minutes on 2 cores).
 parity: $(STAMP)
