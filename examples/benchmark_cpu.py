@@ -70,8 +70,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 from helpers import (  # noqa: E402
     WITHOUT_KERAS_PRELUDE,
+    agreement,
     randomize_timm_model,
     structured_pixels,
+    tflite_logits,
 )
 
 import keras_vit  # noqa: E402
@@ -233,12 +235,6 @@ def interleaved(steps, rounds, slot_seconds=0.5, settle_seconds=0.2):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def agreement(out, reference):
-    corr = float(np.corrcoef(out.ravel(), reference.ravel())[0, 1])
-    top1 = float(np.mean(out.argmax(-1) == reference.argmax(-1)))
-    return corr, top1
-
-
 # --- SavedModel in a keras-free process ------------------------------------------------------
 SERVER = WITHOUT_KERAS_PRELUDE + textwrap.dedent(
     """
@@ -317,10 +313,7 @@ def tflite_float_vs_int8(name, rounds, workdir, held_out=200):
         interpreter = tf.lite.Interpreter(model_path=path, num_threads=torch.get_num_threads())
         runners[quantization or "f32"] = interpreter.get_signature_runner("serving_default")
     images = calibration_digits(size, held_out, offset=1000)
-    logits = {
-        k: np.concatenate([run(images=images[i : i + 1])["logits"] for i in range(held_out)])
-        for k, run in runners.items()
-    }
+    logits = {k: tflite_logits(run, images) for k, run in runners.items()}
     corr, top1 = agreement(logits["int8"], logits["f32"])
     steps = {k: (lambda r=run: r(images=images[:1])) for k, run in runners.items()}
     seconds = interleaved(steps, rounds * 5)

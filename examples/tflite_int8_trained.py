@@ -15,16 +15,19 @@ file, and the correlation of their logits. Builtin ops only (asserted: 0 select 
 
 import argparse
 import os
+import sys
 import tempfile
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import numpy as np  # noqa: E402
+from helpers import agreement, tflite_logits  # noqa: E402
 
 DEFAULT_MODELS = ("deit_tiny_patch16_224", "mobilevit_xxs", "mobilevitv2_050")
-TRAIN, HELD_OUT, CALIBRATION = 1297, 500, 200
+TRAIN, CALIBRATION = 1297, 200  # of the 1,797 digits; the other 500 are held out
 
 
 def digits(size):
@@ -54,14 +57,6 @@ def train(name, images, labels, epochs, size):
     return model
 
 
-def tflite_logits(path, images):
-    import tensorflow as tf
-
-    interpreter = tf.lite.Interpreter(model_path=path)
-    run = interpreter.get_signature_runner("serving_default")
-    return np.concatenate([run(images=images[i : i + 1])["logits"] for i in range(len(images))])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=DEFAULT_MODELS)
@@ -69,6 +64,8 @@ def main():
     parser.add_argument("--image-size", type=int, default=64)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+
+    import tensorflow as tf
 
     from keras_vit.export import export_tflite, select_ops
 
@@ -95,13 +92,14 @@ def main():
                     calibration_images=train_x[:CALIBRATION] if quantization else None,
                 )
                 assert select_ops(path) == [], select_ops(path)
-                logits[quantization or "f32"] = tflite_logits(path, test_x)
+                run = tf.lite.Interpreter(model_path=path).get_signature_runner("serving_default")
+                logits[quantization or "f32"] = tflite_logits(run, test_x)
             accuracy = {
                 k: float(np.mean(v.argmax(-1) == test_y))
                 for k, v in (("keras", keras_logits), *logits.items())
             }
-            agree = int(np.sum(logits["int8"].argmax(-1) == logits["f32"].argmax(-1)))
-            corr = float(np.corrcoef(logits["int8"].ravel(), logits["f32"].ravel())[0, 1])
+            corr, top1 = agreement(logits["int8"], logits["f32"])
+            agree = round(top1 * len(test_y))
             print(
                 f"{name:26s} {accuracy['keras']:7.3f} {accuracy['f32']:8.3f}"
                 f" {accuracy['int8']:8.3f} {agree:>12d}/{len(test_y)} {corr:8.4f}",

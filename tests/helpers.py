@@ -124,6 +124,19 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.join(REPO_ROOT, "tests")
 
 
+def agreement(out, reference):
+    """(correlation of the logits, top-1 agreement as a fraction) of `out` against `reference`,
+    both (N, classes): what a reduced-precision model keeps of its float32 model's answers."""
+    corr = float(np.corrcoef(out.ravel(), reference.ravel())[0, 1])
+    top1 = float(np.mean(out.argmax(-1) == reference.argmax(-1)))
+    return corr, top1
+
+
+def tflite_logits(run, images):
+    """`logits` (N, classes) of a batch-1 TFLite signature runner, one image per call."""
+    return np.concatenate([run(images=images[i : i + 1])["logits"] for i in range(len(images))])
+
+
 def subprocess_env(*, keep_tf_log_level=True, **overrides):
     """The environment for a test's child Python: this checkout's `keras_vit` and `tests/` on
     PYTHONPATH, TensorFlow's start-up logging quiet, no inherited TF_CONFIG.

@@ -126,10 +126,10 @@ def main():
             tests, failed, skipped = tests + n, failed + f, skipped + s
             measured.update(per_file)
     ok = all(rc == 0 for _, rc, _ in results) and len(results) > 0
+    elapsed = time.time() - start
     print(
         f"{'passed' if ok else 'FAILED'}: {tests} tests, {failed} failed, {skipped} skipped,"
-        f" {len(results)} processes in {args.lanes} lanes, {time.time() - start:.0f} s"
-        f" ({(time.time() - start) / 60:.1f} min)"
+        f" {len(results)} processes in {args.lanes} lanes, {elapsed:.0f} s ({elapsed / 60:.1f} min)"
     )
     if args.record and ok:
         durations.write_text(json.dumps(dict(sorted(measured.items())), indent=1) + "\n")
