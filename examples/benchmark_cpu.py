@@ -79,14 +79,18 @@ from helpers import (  # noqa: E402
 import keras_vit  # noqa: E402
 from keras_vit.models.batch_halves import inference_parts, thread_setting  # noqa: E402
 
+# one model of every family (issue 17: `make bench` prints every family); v2 0.5 and XXS are
+# the smallest, where per-op overheads weigh most
 DEFAULT_MODELS = [
     "deit_small_patch16_224",
     "vit_base_patch16_224",
     "mobilevit_s",
     "mobilevit_xxs",
+    "mobilevitv2_050",
     "mobilevitv2_100",
     "deit3_small_patch16_224",
     "vit_small_patch14_reg4_dinov2",
+    "flexivit_small",
 ]
 PRECISIONS = ("f32", "bf16", "int8")
 # A/B columns: the same float32 / bf16 models with the batch run whole, not as two halves
