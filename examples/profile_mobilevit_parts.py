@@ -1,0 +1,167 @@
+"""Where MobileViT's CPU time goes, part by part: keras_vit beside ONNX Runtime on timm's export.
+
+Usage: python examples/profile_mobilevit_parts.py [MODEL] [--cuts stages_1_0,stages_2_0,...]
+           [--batch 8] [--rounds 7]
+
+The network (default `mobilevitv2_050`; any MobileViT v1 or v2 name) is cut before each layer
+named in `--cuts` (default: each stage's first block, and the model's `xla_tail_from`), and
+each part is timed on its own, fed the activations the part before it produces:
+
+- keras_vit: the part as a functional model over the same layers, run as `predict` runs it
+  on TensorFlow's CPU graph in float32: the batch as two halves side by side
+  (keras_vit/models/batch_halves.py), the parts from `xla_tail_from` on as one XLA program
+  per half, the parts before it on oneDNN's graph;
+- ONNX Runtime: the same timm modules (timm's `ByobNet`: `stem`, `stages[i][j]`,
+  `final_conv`, `head`) as a `torch.nn.Sequential` through `torch.onnx.export`, two threads.
+
+Both run the same random network (every timm parameter randomised, loaded into keras_vit);
+each part's output is compared with timm's (max |diff|, printed) so a wrong cut shows.
+Timing as in examples/benchmark_cpu.py: interleaved rounds, each column a slot after a
+0.2 s pause, the median time per call. The last line times both whole models the same way:
+the sum of the parts' times is larger than the whole (each part is a separate call), so
+read the parts against each other, not against the whole.
+"""
+
+import argparse
+import copy
+import os
+import sys
+
+import timm  # torch before TensorFlow: the other import order crashes
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "tests")]
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from benchmark_cpu import interleaved, timm_input  # noqa: E402
+from helpers import randomize_timm_model, structured_pixels  # noqa: E402
+
+import keras_vit  # noqa: E402
+
+
+def timm_modules(ref):
+    """[(keras_vit layer name, timm module)] in the order a `ByobNet` runs them."""
+    named = [("stem", ref.stem)]
+    for i, stage in enumerate(ref.stages):
+        named += [(f"stages_{i}_{j}", block) for j, block in enumerate(stage)]
+    if not isinstance(ref.final_conv, torch.nn.Identity):
+        named.append(("final_conv", ref.final_conv))
+    return named + [("head", ref.head)]
+
+
+def keras_part(model, start, end, xla):
+    """`x -> model's layers from `start` to before `end`` (None: the model's input / output),
+    run as two halves side by side, each half one XLA program where `xla`."""
+    inputs = model.inputs if start is None else model.get_layer(start).input
+    outputs = model.outputs if end is None else model.get_layer(end).input
+    part = keras.Model(inputs, outputs)
+    run = tf.function(lambda t: part(t, training=False), jit_compile=xla)
+
+    @tf.function
+    def halves(x):
+        h = x.shape[0] // 2
+        return tf.concat([run(x[:h]), run(x[h:])], 0)
+
+    return halves
+
+
+def onnx_part(modules, x, path):
+    """An ONNX Runtime session of `modules` in sequence, exported with input `x`. A copy is
+    exported: TorchScript's exporter was seen to change a module's parameters in place
+    (outputs off by 14 after exporting `stem` + `stages[0]` of MobileViT v2 0.5)."""
+    import onnxruntime as ort
+
+    with torch.inference_mode():
+        torch.onnx.export(
+            copy.deepcopy(torch.nn.Sequential(*modules)),
+            (x,),
+            path,
+            input_names=["x"],
+            dynamo=False,
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", nargs="?", default="mobilevitv2_050")
+    parser.add_argument("--cuts", default=None)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+    ref = timm.create_model(args.model).eval()
+    randomize_timm_model(ref)
+    model = keras_vit.create_model(args.model)
+    keras_vit.load_weights(model, {k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    tail = model.xla_tail_from
+    named = timm_modules(ref)
+    order = [name for name, _ in named]
+    if args.cuts:
+        cuts = args.cuts.split(",")
+    else:
+        cuts = sorted({n for n in order if n.endswith("_0") and n != "stages_0_0"} | {tail})
+        cuts = [n for n in order if n in cuts]
+    unknown = [c for c in cuts if c not in order or c == "stem"]
+    if unknown:
+        raise SystemExit(f"--cuts: no cut before {unknown}; the layers are {order[1:]}")
+    cuts = sorted(cuts, key=order.index)
+
+    size = model.inputs[0].shape[1]
+    pixels = structured_pixels(args.batch, size, size, seed=0)
+    bounds = [None, *cuts, None]
+    steps, parts = {}, []
+    x_keras, x_torch = tf.constant(pixels), timm_input(ref, pixels)
+    with torch.inference_mode():
+        ref_whole = ref(x_torch).numpy()
+    workdir = os.path.join(os.environ.get("TMPDIR", "/tmp"), "keras_vit_profile_parts")
+    os.makedirs(workdir, exist_ok=True)
+    for k, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        first = 0 if start is None else order.index(start)
+        last = len(order) if end is None else order.index(end)
+        label = f"{order[first]}..{order[last - 1]}"
+        # as predict runs it: from `xla_tail_from` on under XLA, before it on the graph
+        xla = tail in order and order.index(tail) <= first
+        ours = keras_part(model, start, end, xla)
+        session = onnx_part([m for _, m in named[first:last]], x_torch, f"{workdir}/{k}.onnx")
+        feed_keras, feed_onnx = x_keras, {"x": x_torch.numpy()}
+        steps[(label, "keras")] = lambda f=ours, v=feed_keras: f(v).numpy()
+        steps[(label, "ort")] = lambda s=session, v=feed_onnx: s.run(None, v)[0]
+        x_keras = ours(feed_keras)
+        with torch.inference_mode():
+            x_torch = torch.nn.Sequential(*[m for _, m in named[first:last]])(x_torch)
+        ours_np = x_keras.numpy()
+        theirs = x_torch.numpy()
+        if theirs.ndim == 4:
+            theirs = theirs.transpose(0, 2, 3, 1)  # NCHW -> NHWC
+        parts.append((label, "XLA" if xla else "graph", float(np.abs(ours_np - theirs).max())))
+    whole = onnx_part([ref], timm_input(ref, pixels), f"{workdir}/whole.onnx")
+    steps[("whole model", "keras")] = lambda: np.asarray(model.predict_on_batch(pixels))
+    whole_feed = {"x": timm_input(ref, pixels).numpy()}
+    steps[("whole model", "ort")] = lambda: whole.run(None, whole_feed)
+    logits_diff = float(np.abs(np.asarray(model.predict_on_batch(pixels)) - ref_whole).max())
+    seconds = interleaved(steps, args.rounds)
+
+    print(f"{args.model}, batch {args.batch}, float32, ms per call (median of {args.rounds})")
+    print(f"{'part':28s} {'runs on':8s} {'keras':>8s} {'ORT':>8s} {'keras/ORT':>10s}  max|diff|")
+    total = {"keras": 0.0, "ort": 0.0}
+    for label, where, diff in [*parts, ("whole model", "predict", logits_diff)]:
+        ms = {side: 1e3 * seconds[(label, side)] for side in ("keras", "ort")}
+        if label != "whole model":
+            for side in total:
+                total[side] += ms[side]
+        else:
+            print(f"{'sum of the parts':28s} {'':8s} {total['keras']:8.2f} {total['ort']:8.2f}")
+        ratio = ms["keras"] / ms["ort"]
+        print(
+            f"{label:28s} {where:8s} {ms['keras']:8.2f} {ms['ort']:8.2f} {ratio:10.2f}  {diff:.1e}"
+        )
+
+
+if __name__ == "__main__":
+    main()
