@@ -212,35 +212,44 @@ def finish_processes(procs, timeout):
     return outputs
 
 
-# The first lines of a script run in a fresh interpreter as on a TF Serving host: a meta-path
-# finder wrapping every other one refuses keras*, keras_vit* and tf_keras*, as if not
-# installed, and the script stops if keras can still be imported; then TensorFlow alone.
-WITHOUT_KERAS_PRELUDE = textwrap.dedent(
-    """
-    import importlib.abc, sys
+def without_packages_prelude(*packages):
+    """The first lines of a script run in a fresh interpreter as on a host where `packages`
+    (top-level names) are not installed: a meta-path finder wrapping every other one refuses
+    them, so importing one raises ModuleNotFoundError, and the script stops if the first can
+    still be imported."""
+    return textwrap.dedent(
+        f"""
+        import importlib.abc, sys
 
-    class WithoutKeras(importlib.abc.MetaPathFinder):
-        def __init__(self, finders):
-            self.finders = finders
+        class Without(importlib.abc.MetaPathFinder):
+            def __init__(self, finders):
+                self.finders = finders
 
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("keras", "keras_vit", "tf_keras"):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {packages!r}:
+                    return None
+                for finder in self.finders:
+                    spec = finder.find_spec(name, path, target)
+                    if spec is not None:
+                        return spec
                 return None
-            for finder in self.finders:
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    return spec
-            return None
 
-    sys.meta_path[:] = [WithoutKeras(list(sys.meta_path))]
-    try:
-        import keras  # noqa: F401
-        raise SystemExit("keras is still importable")
-    except ModuleNotFoundError:
-        pass
-    import tensorflow as tf
-    """
+        sys.meta_path[:] = [Without(list(sys.meta_path))]
+        try:
+            import {packages[0]}  # noqa: F401
+            raise SystemExit("{packages[0]} is still importable")
+        except ModuleNotFoundError:
+            pass
+        """
+    )
+
+
+# A TF Serving host: TensorFlow alone, no keras, keras_vit or tf_keras.
+WITHOUT_KERAS_PRELUDE = (
+    without_packages_prelude("keras", "keras_vit", "tf_keras") + "import tensorflow as tf\n"
 )
+# The GPU host: JAX, torch and timm, no TensorFlow (../shared/gpu/README.md).
+WITHOUT_TENSORFLOW_PRELUDE = without_packages_prelude("tensorflow", "tf_keras")
 
 
 def require_onednn_graph():
