@@ -39,6 +39,7 @@ from benchmark_cpu import interleaved, timm_input  # noqa: E402
 from helpers import randomize_timm_model, structured_pixels  # noqa: E402
 
 import keras_vit  # noqa: E402
+from keras_vit.models.batch_halves import run_in_parts  # noqa: E402
 
 
 def timm_modules(ref):
@@ -58,13 +59,7 @@ def keras_part(model, start, end, xla):
     outputs = model.outputs if end is None else model.get_layer(end).input
     part = keras.Model(inputs, outputs)
     run = tf.function(lambda t: part(t, training=False), jit_compile=xla)
-
-    @tf.function
-    def halves(x):
-        h = x.shape[0] // 2
-        return tf.concat([run(x[:h]), run(x[h:])], 0)
-
-    return halves
+    return tf.function(lambda x: run_in_parts(run, x, parts=2))
 
 
 def onnx_part(modules, x, path):
@@ -104,9 +99,8 @@ def main():
     order = [name for name, _ in named]
     if args.cuts:
         cuts = args.cuts.split(",")
-    else:
-        cuts = sorted({n for n in order if n.endswith("_0") and n != "stages_0_0"} | {tail})
-        cuts = [n for n in order if n in cuts]
+    else:  # before each stage's first block but stage 0's, and before the XLA tail
+        cuts = [n for n in order if (n.endswith("_0") and n != "stages_0_0") or n == tail]
     unknown = [c for c in cuts if c not in order or c == "stem"]
     if unknown:
         raise SystemExit(f"--cuts: no cut before {unknown}; the layers are {order[1:]}")
@@ -116,9 +110,10 @@ def main():
     pixels = structured_pixels(args.batch, size, size, seed=0)
     bounds = [None, *cuts, None]
     steps, parts = {}, []
-    x_keras, x_torch = tf.constant(pixels), timm_input(ref, pixels)
+    x_timm = timm_input(ref, pixels)  # the whole model's input, NCHW, normalised
+    x_keras, x_torch = tf.constant(pixels), x_timm
     with torch.inference_mode():
-        ref_whole = ref(x_torch).numpy()
+        ref_whole = ref(x_timm).numpy()
     workdir = os.path.join(os.environ.get("TMPDIR", "/tmp"), "keras_vit_profile_parts")
     os.makedirs(workdir, exist_ok=True)
     for k, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
@@ -128,39 +123,40 @@ def main():
         # as predict runs it: from `xla_tail_from` on under XLA, before it on the graph
         xla = tail in order and order.index(tail) <= first
         ours = keras_part(model, start, end, xla)
-        session = onnx_part([m for _, m in named[first:last]], x_torch, f"{workdir}/{k}.onnx")
+        modules = [m for _, m in named[first:last]]
+        session = onnx_part(modules, x_torch, f"{workdir}/{k}.onnx")
         feed_keras, feed_onnx = x_keras, {"x": x_torch.numpy()}
         steps[(label, "keras")] = lambda f=ours, v=feed_keras: f(v).numpy()
         steps[(label, "ort")] = lambda s=session, v=feed_onnx: s.run(None, v)[0]
         x_keras = ours(feed_keras)
         with torch.inference_mode():
-            x_torch = torch.nn.Sequential(*[m for _, m in named[first:last]])(x_torch)
+            x_torch = torch.nn.Sequential(*modules)(x_torch)
         ours_np = x_keras.numpy()
         theirs = x_torch.numpy()
         if theirs.ndim == 4:
             theirs = theirs.transpose(0, 2, 3, 1)  # NCHW -> NHWC
         parts.append((label, "XLA" if xla else "graph", float(np.abs(ours_np - theirs).max())))
-    whole = onnx_part([ref], timm_input(ref, pixels), f"{workdir}/whole.onnx")
+    whole = onnx_part([ref], x_timm, f"{workdir}/whole.onnx")
+    whole_feed = {"x": x_timm.numpy()}
     steps[("whole model", "keras")] = lambda: np.asarray(model.predict_on_batch(pixels))
-    whole_feed = {"x": timm_input(ref, pixels).numpy()}
     steps[("whole model", "ort")] = lambda: whole.run(None, whole_feed)
     logits_diff = float(np.abs(np.asarray(model.predict_on_batch(pixels)) - ref_whole).max())
     seconds = interleaved(steps, args.rounds)
 
     print(f"{args.model}, batch {args.batch}, float32, ms per call (median of {args.rounds})")
     print(f"{'part':28s} {'runs on':8s} {'keras':>8s} {'ORT':>8s} {'keras/ORT':>10s}  max|diff|")
-    total = {"keras": 0.0, "ort": 0.0}
-    for label, where, diff in [*parts, ("whole model", "predict", logits_diff)]:
-        ms = {side: 1e3 * seconds[(label, side)] for side in ("keras", "ort")}
-        if label != "whole model":
-            for side in total:
-                total[side] += ms[side]
-        else:
-            print(f"{'sum of the parts':28s} {'':8s} {total['keras']:8.2f} {total['ort']:8.2f}")
-        ratio = ms["keras"] / ms["ort"]
-        print(
-            f"{label:28s} {where:8s} {ms['keras']:8.2f} {ms['ort']:8.2f} {ratio:10.2f}  {diff:.1e}"
-        )
+    ms = {key: 1e3 * s for key, s in seconds.items()}
+
+    def row(label, where, keras_ms, ort_ms, tail=""):
+        print(f"{label:28s} {where:8s} {keras_ms:8.2f} {ort_ms:8.2f} {tail}".rstrip())
+
+    for label, where, diff in parts:
+        k, o = ms[(label, "keras")], ms[(label, "ort")]
+        row(label, where, k, o, f"{k / o:10.2f}  {diff:.1e}")
+    total = [sum(ms[(label, side)] for label, _, _ in parts) for side in ("keras", "ort")]
+    row("sum of the parts", "", *total)
+    k, o = ms[("whole model", "keras")], ms[("whole model", "ort")]
+    row("whole model", "predict", k, o, f"{k / o:10.2f}  {logits_diff:.1e}")
 
 
 if __name__ == "__main__":
