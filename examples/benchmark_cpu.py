@@ -1,10 +1,11 @@
 """CPU inference at float32 / bfloat16 / int8: keras_vit beside timm and ONNX Runtime, one process.
 
-Usage: python examples/benchmark_cpu.py [MODEL ...] [--precisions f32,bf16,int8[,f32_whole,bf16_whole,f32_graph]]
+Usage: python examples/benchmark_cpu.py [MODEL or PATTERN ...] [--precisions f32,bf16,int8[,f32_whole,bf16_whole,f32_graph]]
            [--refs timm_f32,timm_bf16,ort_f32,ort_int8,keras_onnx] [--batch 8] [--rounds 7] [--savedmodel]
            [--tflite]
 
-Every column runs the same network: a timm model with every parameter randomised
+MODEL is a registered name; a shell-style PATTERN (`'mobilevit*'`, quoted) stands for every
+registered name it matches (`keras_vit.list_models`). Every column runs the same network: a timm model with every parameter randomised
 (tests/helpers.py: randomize_timm_model), its weights loaded into keras_vit. Columns:
 
 - keras_vit f32 / bf16 / int8: `create_model(name)`, `create_model(name, dtype="bfloat16")`,
@@ -44,6 +45,10 @@ TensorFlow's thread pools are the process's (set before TensorFlow starts): run 
 inter-op thread one core runs them (the batch then runs in one part per inter-op thread,
 keras_vit/models/batch_halves.py); the matmul rate is then that of one 4096^3 matmul per
 inter-op thread side by side.
+
+Last, the ratios the issues ask about, from the same run's medians: keras_vit float32 over
+ONNX Runtime float32 and over timm float32, and the faster of keras_vit bf16 / int8 over timm's
+bf16 autocast (`speed_ratios`).
 
 `--savedmodel` also exports the keras_vit bf16 and int8 models with `export_saved_model` and
 times their `serving_default` in a second process where keras cannot be imported (what TF
@@ -100,6 +105,45 @@ WHOLE_BATCH = ("f32_whole", "bf16_whole")
 GRAPH_ONLY = ("f32_graph",)
 REFS = ("timm_f32", "timm_bf16", "ort_f32", "ort_int8", "keras_onnx")
 CPU_FLAGS = ("amx_bf16", "avx512_bf16", "amx_int8", "avx512_vnni")
+
+
+def expand_models(names):
+    """Registered names for `names`, in order and without repeats: a name with `*`, `?` or
+    `[` is a shell-style pattern over `keras_vit.list_models()`, anything else is kept as
+    given (checked when its model is built). A pattern matching nothing is an error."""
+    models = []
+    for name in names:
+        if any(c in name for c in "*?["):
+            matched = keras_vit.list_models(name)
+            if not matched:
+                raise ValueError(
+                    f"The pattern {name!r} matches no registered model; see "
+                    "keras_vit.list_models()."
+                )
+        else:
+            matched = [name]
+        models += [m for m in matched if m not in models]
+    return models
+
+
+# (label, numerator column(s), denominator column): keras_vit over the reference the issues
+# name; several numerators: the fastest of them (issue 17: "the faster of bf16 and int8")
+RATIOS = (
+    ("f32/ORT f32", ("keras_f32",), "ort_f32"),
+    ("f32/timm f32", ("keras_f32",), "timm_f32"),
+    ("bf16|int8/timm bf16", ("keras_bf16", "keras_int8"), "timm_bf16"),
+)
+
+
+def speed_ratios(rates):
+    """{label: keras_vit images/s over the reference's} for the `RATIOS` whose columns
+    `rates` (images/s by column) holds; the fastest numerator present is used."""
+    ratios = {}
+    for label, numerators, denominator in RATIOS:
+        present = [rates[c] for c in numerators if c in rates]
+        if present and denominator in rates:
+            ratios[label] = max(present) / rates[denominator]
+    return ratios
 
 
 def cpu_description():
@@ -334,6 +378,10 @@ def main():
     parser.add_argument("--savedmodel", action="store_true")
     parser.add_argument("--tflite", action="store_true")
     args = parser.parse_args()
+    try:
+        args.models = expand_models(args.models)
+    except ValueError as err:
+        parser.error(str(err))
     precisions = [p for p in args.precisions.split(",") if p]
     refs = [r for r in args.refs.split(",") if r]
     known = PRECISIONS + WHOLE_BATCH + GRAPH_ONLY
@@ -357,7 +405,7 @@ def main():
     order = [f"keras_{p}" for p in precisions] + refs
     widths = {c: max(10, len(c)) for c in order}
     print(f"{'model':30s} {'GFLOP':>6s} " + " ".join(f"{c:>{widths[c]}s}" for c in order))
-    accuracy_lines, share_lines, saved_lines = [], [], []
+    accuracy_lines, share_lines, saved_lines, ratio_rows = [], [], [], []
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
             torch.manual_seed(0)
@@ -380,6 +428,7 @@ def main():
                 ),
                 flush=True,
             )
+            ratio_rows.append((name, speed_ratios(rates)))
             for column, out in outputs.items():
                 base = "keras_f32" if column.startswith("keras") else "timm_f32"
                 reduced = column.endswith(("bf16", "int8"))
@@ -408,6 +457,13 @@ def main():
     print("\n".join(accuracy_lines))
     print("\nshare of the float32 matmul rate:")
     print("\n".join(share_lines))
+    labels = [label for label, _, _ in RATIOS if any(label in r for _, r in ratio_rows)]
+    if labels:
+        print("\nkeras_vit / reference, images/s of this run:")
+        print(f"{'model':30s} " + " ".join(f"{label:>19s}" for label in labels))
+        for name, ratios in ratio_rows:
+            cells = [f"{ratios[lb]:19.2f}" if lb in ratios else f"{'-':>19s}" for lb in labels]
+            print(f"{name:30s} " + " ".join(cells))
     if saved_lines:
         print("\nSavedModel (keras-free process) vs predict_on_batch, alternating:")
         print("\n".join(saved_lines))
