@@ -1,7 +1,7 @@
 """Where MobileViT's CPU time goes, part by part: keras_vit beside ONNX Runtime on timm's export.
 
 Usage: python examples/profile_mobilevit_parts.py [MODEL] [--cuts stages_1_0,stages_2_0,...]
-           [--batch 8] [--rounds 7]
+           [--batch 8] [--rounds 7] [--kernels]
 
 The network (default `mobilevitv2_050`; any MobileViT v1 or v2 name) is cut before each layer
 named in `--cuts` (default: each stage's first block, and the model's `xla_tail_from`), and
@@ -20,11 +20,19 @@ Timing as in examples/benchmark_cpu.py: interleaved rounds, each column a slot a
 0.2 s pause, the median time per call. The last line times both whole models the same way:
 the sum of the parts' times is larger than the whole (each part is a separate call), so
 read the parts against each other, not against the whole.
+
+`--kernels` then says how much of each part's time its kernels take: for our graph parts the
+sum of oneDNN's own primitive times (`ONEDNN_VERBOSE=profile_exec`, read in a child process,
+since oneDNN reads that variable once at start) over both halves, halved because the halves
+run side by side; for ONNX Runtime the sum of its node times (its own profiler). A part whose
+kernels take nearly all of its time is behind in its kernels, not in the runtime around them.
 """
 
 import argparse
 import copy
+import json
 import os
+import subprocess
 import sys
 
 import timm  # torch before TensorFlow: the other import order crashes
@@ -62,7 +70,7 @@ def keras_part(model, start, end, xla):
     return tf.function(lambda x: run_in_parts(run, x, parts=2))
 
 
-def onnx_part(modules, x, path):
+def onnx_part(modules, x, path, profile=False):
     """An ONNX Runtime session of `modules` in sequence, exported with input `x`. A copy is
     exported: TorchScript's exporter was seen to change a module's parameters in place
     (outputs off by 14 after exporting `stem` + `stages[0]` of MobileViT v2 0.5)."""
@@ -78,7 +86,68 @@ def onnx_part(modules, x, path):
         )
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    options.enable_profiling = profile
+    if profile:
+        options.profile_file_prefix = path[: -len(".onnx")]
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+CALLS = 5  # calls per part whose kernel times are summed (after warm-up)
+MARK = "=====part"
+
+
+def onednn_child(model_name, batch, spans):
+    """In a process started with ONEDNN_VERBOSE=profile_exec: run each graph part
+    (`start:end` layer names, "" for the model's input) `CALLS` times between marker lines,
+    so the parent can sum the primitives each part executed."""
+    model = keras_vit.create_model(model_name)
+    size = model.inputs[0].shape[1]
+    pixels = tf.constant(structured_pixels(batch, size, size, seed=0))
+    for span in spans:
+        start, end = (name or None for name in span.split(":"))
+        x = pixels if start is None else keras_part(model, None, start, xla=False)(pixels)
+        part = keras_part(model, start, end, xla=False)
+        for _ in range(3):
+            part(x).numpy()
+        print(f"{MARK} {span}", flush=True)
+        for _ in range(CALLS):
+            part(x).numpy()
+        print(f"{MARK} end", flush=True)
+
+
+def onednn_kernel_ms(model_name, batch, spans):
+    """{span: ms per call of oneDNN primitives, summed over both halves and halved}."""
+    args = [__file__, model_name, "--batch", str(batch), "--onednn-child", ",".join(spans)]
+    env = dict(os.environ, ONEDNN_VERBOSE="profile_exec")
+    out = subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    totals, span = {}, None
+    for line in out.splitlines():
+        if line.startswith(MARK):
+            span = None if line.endswith(" end") else line.split()[1]
+            totals.setdefault(span, 0.0)
+        elif span and line.startswith("onednn_verbose,") and ",exec," in line:
+            totals[span] += float(line.rsplit(",", 1)[1])  # the last field: ms
+    silent = [span for span in spans if not totals.get(span)]
+    if silent:  # no primitive logged: not oneDNN's graph (TF_ENABLE_ONEDNN_OPTS=0?), not 0 ms
+        raise RuntimeError(f"oneDNN logged no primitive for the parts {silent}")
+    return {span: totals[span] / CALLS / 2 for span in spans}
+
+
+def ort_kernel_ms(modules, x, path):
+    """ms per call of ONNX Runtime's nodes (its profiler) for `modules` exported with `x`:
+    the node times of `CALLS` runs after 3 warm-up runs."""
+    session = onnx_part(modules, x, path, profile=True)
+    feed = {"x": x.numpy()}
+    for _ in range(3 + CALLS):
+        session.run(None, feed)
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    runs = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    since = runs[3]  # the first timed run's start (microseconds)
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    return sum(e["dur"] for e in nodes if e["ts"] >= since) / 1e3 / CALLS
 
 
 def main():
@@ -87,7 +156,11 @@ def main():
     parser.add_argument("--cuts", default=None)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--kernels", action="store_true")
+    parser.add_argument("--onednn-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.onednn_child is not None:
+        return onednn_child(args.model, args.batch, args.onednn_child.split(","))
     torch.set_num_threads(len(os.sched_getaffinity(0)))
 
     ref = timm.create_model(args.model).eval()
@@ -109,7 +182,7 @@ def main():
     size = model.inputs[0].shape[1]
     pixels = structured_pixels(args.batch, size, size, seed=0)
     bounds = [None, *cuts, None]
-    steps, parts = {}, []
+    steps, parts, kernel_inputs = {}, [], {}
     x_timm = timm_input(ref, pixels)  # the whole model's input, NCHW, normalised
     x_keras, x_torch = tf.constant(pixels), x_timm
     with torch.inference_mode():
@@ -126,6 +199,8 @@ def main():
         modules = [m for _, m in named[first:last]]
         session = onnx_part(modules, x_torch, f"{workdir}/{k}.onnx")
         feed_keras, feed_onnx = x_keras, {"x": x_torch.numpy()}
+        span = f"{start or ''}:{end or ''}"
+        kernel_inputs[label] = (span, xla, modules, x_torch, f"{workdir}/{k}")
         steps[(label, "keras")] = lambda f=ours, v=feed_keras: f(v).numpy()
         steps[(label, "ort")] = lambda s=session, v=feed_onnx: s.run(None, v)[0]
         x_keras = ours(feed_keras)
@@ -157,6 +232,29 @@ def main():
     row("sum of the parts", "", *total)
     k, o = ms[("whole model", "keras")], ms[("whole model", "ort")]
     row("whole model", "predict", k, o, f"{k / o:10.2f}  {logits_diff:.1e}")
+    if args.kernels:
+        print_kernel_times(args, parts, kernel_inputs, ms)
+
+
+def print_kernel_times(args, parts, kernel_inputs, ms):
+    """The `--kernels` table: each part's time beside its kernels' (see the docstring)."""
+    graph_spans = [kernel_inputs[label][0] for label, where, _ in parts if where == "graph"]
+    onednn = onednn_kernel_ms(args.model, args.batch, graph_spans) if graph_spans else {}
+    print(
+        f"\nkernels, ms per call ({CALLS} calls): oneDNN primitives of our graph parts (both"
+        " halves, halved), ONNX Runtime's nodes"
+    )
+    print(
+        f"{'part':28s} {'keras':>8s} {'oneDNN':>8s} {'share':>6s} {'ORT':>8s} {'nodes':>8s} {'share':>6s}"
+    )
+    for label, _, _ in parts:
+        span, xla, modules, x, stem = kernel_inputs[label]
+        theirs = ort_kernel_ms(modules, x, f"{stem}.profiled.onnx")
+        k, o = ms[(label, "keras")], ms[(label, "ort")]
+        ours = (
+            f"{onednn[span]:8.2f} {onednn[span] / k:6.0%}" if not xla else f"{'(XLA)':>8s} {'':6s}"
+        )
+        print(f"{label:28s} {k:8.2f} {ours} {o:8.2f} {theirs:8.2f} {theirs / o:6.0%}")
 
 
 if __name__ == "__main__":
