@@ -119,9 +119,10 @@ def onednn_kernel_ms(model_name, batch, spans):
     """{span: ms per call of oneDNN primitives, summed over both halves and halved}."""
     args = [__file__, model_name, "--batch", str(batch), "--onednn-child", ",".join(spans)]
     env = dict(os.environ, ONEDNN_VERBOSE="profile_exec")
-    out = subprocess.run(
-        [sys.executable, *args], env=env, capture_output=True, text=True, check=True
-    ).stdout
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the oneDNN-logging child failed:\n{proc.stderr[-3000:]}")
+    out = proc.stdout
     totals, span = {}, None
     for line in out.splitlines():
         if line.startswith(MARK):
