@@ -70,12 +70,10 @@ def keras_part(model, start, end, xla):
     return tf.function(lambda x: run_in_parts(run, x, parts=2))
 
 
-def onnx_part(modules, x, path, profile=False):
+def onnx_part(modules, x, path):
     """An ONNX Runtime session of `modules` in sequence, exported with input `x`. A copy is
     exported: TorchScript's exporter was seen to change a module's parameters in place
     (outputs off by 14 after exporting `stem` + `stages[0]` of MobileViT v2 0.5)."""
-    import onnxruntime as ort
-
     with torch.inference_mode():
         torch.onnx.export(
             copy.deepcopy(torch.nn.Sequential(*modules)),
@@ -84,6 +82,14 @@ def onnx_part(modules, x, path, profile=False):
             input_names=["x"],
             dynamo=False,
         )
+    return onnx_session(path)
+
+
+def onnx_session(path, profile=False):
+    """ONNX Runtime on the exported `path`, torch's thread count; `profile`: with its
+    profiler on, writing next to `path`."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.enable_profiling = profile
@@ -98,14 +104,14 @@ MARK = "=====part"
 
 def onednn_child(model_name, batch, spans):
     """In a process started with ONEDNN_VERBOSE=profile_exec: run each graph part
-    (`start:end` layer names, "" for the model's input) `CALLS` times between marker lines,
-    so the parent can sum the primitives each part executed."""
+    (`start:end` layer names, "" for the model's input; the graph parts follow one another
+    from the input, so each is fed the one before's output) `CALLS` times between marker
+    lines, so the parent can sum the primitives each part executed."""
     model = keras_vit.create_model(model_name)
     size = model.inputs[0].shape[1]
-    pixels = tf.constant(structured_pixels(batch, size, size, seed=0))
+    x = tf.constant(structured_pixels(batch, size, size, seed=0))
     for span in spans:
         start, end = (name or None for name in span.split(":"))
-        x = pixels if start is None else keras_part(model, None, start, xla=False)(pixels)
         part = keras_part(model, start, end, xla=False)
         for _ in range(3):
             part(x).numpy()
@@ -113,6 +119,7 @@ def onednn_child(model_name, batch, spans):
         for _ in range(CALLS):
             part(x).numpy()
         print(f"{MARK} end", flush=True)
+        x = part(x)
 
 
 def onednn_kernel_ms(model_name, batch, spans):
@@ -136,10 +143,10 @@ def onednn_kernel_ms(model_name, batch, spans):
     return {span: totals[span] / CALLS / 2 for span in spans}
 
 
-def ort_kernel_ms(modules, x, path):
-    """ms per call of ONNX Runtime's nodes (its profiler) for `modules` exported with `x`:
-    the node times of `CALLS` runs after 3 warm-up runs."""
-    session = onnx_part(modules, x, path, profile=True)
+def ort_kernel_ms(path, x):
+    """ms per call of ONNX Runtime's nodes (its profiler) for the part exported to `path`,
+    fed `x`: the node times of `CALLS` runs after 3 warm-up runs."""
+    session = onnx_session(path, profile=True)
     feed = {"x": x.numpy()}
     for _ in range(3 + CALLS):
         session.run(None, feed)
@@ -200,8 +207,7 @@ def main():
         modules = [m for _, m in named[first:last]]
         session = onnx_part(modules, x_torch, f"{workdir}/{k}.onnx")
         feed_keras, feed_onnx = x_keras, {"x": x_torch.numpy()}
-        span = f"{start or ''}:{end or ''}"
-        kernel_inputs[label] = (span, xla, modules, x_torch, f"{workdir}/{k}")
+        kernel_inputs[label] = (f"{start or ''}:{end or ''}", f"{workdir}/{k}.onnx", x_torch)
         steps[(label, "keras")] = lambda f=ours, v=feed_keras: f(v).numpy()
         steps[(label, "ort")] = lambda s=session, v=feed_onnx: s.run(None, v)[0]
         x_keras = ours(feed_keras)
@@ -248,12 +254,14 @@ def print_kernel_times(args, parts, kernel_inputs, ms):
     print(
         f"{'part':28s} {'keras':>8s} {'oneDNN':>8s} {'share':>6s} {'ORT':>8s} {'nodes':>8s} {'share':>6s}"
     )
-    for label, _, _ in parts:
-        span, xla, modules, x, stem = kernel_inputs[label]
-        theirs = ort_kernel_ms(modules, x, f"{stem}.profiled.onnx")
+    for label, where, _ in parts:
+        span, onnx_path, x = kernel_inputs[label]
+        theirs = ort_kernel_ms(onnx_path, x)
         k, o = ms[(label, "keras")], ms[(label, "ort")]
         ours = (
-            f"{onednn[span]:8.2f} {onednn[span] / k:6.0%}" if not xla else f"{'(XLA)':>8s} {'':6s}"
+            f"{onednn[span]:8.2f} {onednn[span] / k:6.0%}"
+            if where == "graph"
+            else f"{'(XLA)':>8s} {'':6s}"
         )
         print(f"{label:28s} {k:8.2f} {ours} {o:8.2f} {theirs:8.2f} {theirs / o:6.0%}")
 
